@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ebmesh datapath: the mesh's L4 policy, enforced at the socket for every
+ * process of a cgroup.
+ *
+ *   egress  cgroup/connect4,6   TCP connects and UDP connects: a denial fails
+ *           cgroup/sendmsg4,6   the syscall at once with EPERM
+ *   egress  cgroup_skb/egress   records who sent each new flow (for ingress)
+ *   ingress cgroup_skb/ingress  judges new flows entering a local workload
+ *   test    syscall             `evaluate`: the same decision for a given flow
+ *
+ * policy.h is generated from the policy: its shape (default, mode, prefix
+ * lengths, nesting depths) and, in comments, where each rule was written.
+ * The rules themselves live in maps.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "ebmesh_types.h"
+#include "policy.h"
+
+const volatile struct runtime_config CONFIG SEC(".rodata.config") = {};
+
+#include "maps.h"
+#include "addresses.h"
+#include "identity.h"
+#include "decide.h"
+#include "report.h"
+#include "packet.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define SYSCALL_ALLOW 1
+#define SYSCALL_DENY 0
+#define PACKET_PASS 1
+#define PACKET_DROP 0
+
+/* How long a UDP flow's record stays fresh before its sender refreshes it. */
+#define FLOW_REFRESH_NS (1000ull * 1000 * 1000)
+
+static __always_inline __u8 policy_protocol(__u32 protocol)
+{
+	if (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP)
+		return IPPROTO_TCP;
+	if (protocol == IPPROTO_UDP)
+		return IPPROTO_UDP;
+	return 0; /* not L4 policy's business */
+}
+
+/* Copies an IPv6 address, or the IPv4 address it maps (::ffff:a.b.c.d):
+ * a dual-stack socket talking to IPv4 is judged as IPv4. */
+static __always_inline __u8 copy_address6(__u32 *to, const __u32 *from)
+{
+	if (is_v4_mapped(from)) {
+		to[0] = from[3];
+		return FAMILY_IPV4;
+	}
+	to[0] = from[0];
+	to[1] = from[1];
+	to[2] = from[2];
+	to[3] = from[3];
+	return FAMILY_IPV6;
+}
+
+static __always_inline bool address_is_zero(const __u32 *addr)
+{
+	return (addr[0] | addr[1] | addr[2] | addr[3]) == 0;
+}
+
+/*
+ * The identity of the local socket that will receive a flow to
+ * (dst_addr, dst_port), if there is one in this network namespace and it
+ * belongs to this attachment. A wildcard listener counts only for loopback
+ * destinations: for other addresses the lookup cannot tell a local address
+ * from a remote one, so the destination is then known by address here and
+ * by its cgroup at ingress.
+ */
+static __always_inline __u32 local_destination(struct bpf_sock_addr *ctx, const struct flow *flow)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *peer;
+	__u32 identity = OUTSIDE_ATTACHMENT;
+	__u32 size;
+	bool bound_to_destination;
+
+	if (flow->family == FAMILY_IPV4) {
+		tuple.ipv4.daddr = flow->dst_addr[0];
+		tuple.ipv4.dport = bpf_htons(flow->dst_port);
+		size = sizeof(tuple.ipv4);
+	} else {
+		__builtin_memcpy(tuple.ipv6.daddr, flow->dst_addr, 16);
+		tuple.ipv6.dport = bpf_htons(flow->dst_port);
+		size = sizeof(tuple.ipv6);
+	}
+	if (flow->protocol == IPPROTO_TCP)
+		peer = bpf_sk_lookup_tcp(ctx, &tuple, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		peer = bpf_sk_lookup_udp(ctx, &tuple, size, BPF_F_CURRENT_NETNS, 0);
+	if (!peer)
+		return OUTSIDE_ATTACHMENT;
+
+	if (flow->family == FAMILY_IPV4)
+		bound_to_destination = peer->src_ip4 == flow->dst_addr[0];
+	else
+		bound_to_destination = peer->src_ip6[0] == flow->dst_addr[0] &&
+				       peer->src_ip6[1] == flow->dst_addr[1] &&
+				       peer->src_ip6[2] == flow->dst_addr[2] &&
+				       peer->src_ip6[3] == flow->dst_addr[3];
+	if (bound_to_destination || is_loopback(flow->family, flow->dst_addr))
+		identity = workload_of_socket(peer);
+	bpf_sk_release(peer);
+	return identity;
+}
+
+static __always_inline const struct service_info *service_at(const struct flow *flow)
+{
+	struct service_key key = {
+		.family = flow->family,
+		.protocol = flow->protocol,
+		.port = bpf_htons(flow->dst_port),
+	};
+
+	__builtin_memcpy(key.addr, flow->dst_addr, 16);
+	return bpf_map_lookup_elem(&services, &key);
+}
+
+/* Egress at the socket: connect() of TCP and UDP, sendmsg() of unconnected UDP. */
+static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 family, bool sendmsg)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct flow flow = { .direction = DIRECTION_EGRESS };
+	struct decision decision = {};
+	const struct service_info *service;
+	__u32 destination;
+
+	if (!sk)
+		return SYSCALL_ALLOW;
+	flow.protocol = policy_protocol(ctx->protocol);
+	if (!flow.protocol)
+		return SYSCALL_ALLOW;
+
+	if (family == FAMILY_IPV4) {
+		flow.family = FAMILY_IPV4;
+		flow.dst_addr[0] = ctx->user_ip4;
+		flow.src_addr[0] = sk->src_ip4;
+		if (sendmsg) {
+			__u32 chosen = ctx->msg_src_ip4; /* the sender's IP_PKTINFO, if any */
+
+			if (chosen)
+				flow.src_addr[0] = chosen;
+		}
+	} else {
+		__u32 dst[4], src[4], chosen[4];
+
+		dst[0] = ctx->user_ip6[0];
+		dst[1] = ctx->user_ip6[1];
+		dst[2] = ctx->user_ip6[2];
+		dst[3] = ctx->user_ip6[3];
+		src[0] = sk->src_ip6[0];
+		src[1] = sk->src_ip6[1];
+		src[2] = sk->src_ip6[2];
+		src[3] = sk->src_ip6[3];
+		if (sendmsg) {
+			/* Read unconditionally: clang would otherwise select between the
+			 * two source pointers, and the verifier forbids arithmetic on sock. */
+			chosen[0] = ctx->msg_src_ip6[0];
+			chosen[1] = ctx->msg_src_ip6[1];
+			chosen[2] = ctx->msg_src_ip6[2];
+			chosen[3] = ctx->msg_src_ip6[3];
+			barrier_var(chosen[0]);
+			if (!address_is_zero(chosen))
+				__builtin_memcpy(src, chosen, sizeof(src));
+		}
+		flow.family = copy_address6(flow.dst_addr, dst);
+		if (copy_address6(flow.src_addr, src) != flow.family)
+			__builtin_memset(flow.src_addr, 0, sizeof(flow.src_addr));
+	}
+	flow.dst_port = bpf_ntohs(ctx->user_port);
+	flow.src_port = sk->src_port;
+	if (!address_is_zero(flow.src_addr))
+		flow.flags |= FLOW_SRC_ADDRESS_KNOWN;
+
+	flow.src_identity = workload_of_socket(sk);
+	if (flow.src_identity == OUTSIDE_ATTACHMENT)
+		return SYSCALL_ALLOW;
+	flow.flags |= FLOW_SRC_BY_CGROUP;
+
+	service = service_at(&flow);
+	if (service) {
+		flow.dst_identity = service->identity;
+		flow.flags |= FLOW_DST_IS_SERVICE;
+	} else {
+		destination = local_destination(ctx, &flow);
+		if (destination == OUTSIDE_ATTACHMENT) {
+			flow.flags |= FLOW_DST_BY_ADDRESS;
+		} else {
+			flow.dst_identity = destination;
+			flow.flags |= FLOW_DST_BY_CGROUP;
+		}
+	}
+
+	decide(&flow, &decision);
+	report(&flow, &decision, cgroup_id_of_socket(sk));
+	return decision.verdict == VERDICT_ALLOW ? SYSCALL_ALLOW : SYSCALL_DENY;
+}
+
+SEC("cgroup/connect4")
+int ebmesh_connect4(struct bpf_sock_addr *ctx)
+{
+	return judge_sock_addr(ctx, FAMILY_IPV4, false);
+}
+
+SEC("cgroup/connect6")
+int ebmesh_connect6(struct bpf_sock_addr *ctx)
+{
+	return judge_sock_addr(ctx, FAMILY_IPV6, false);
+}
+
+SEC("cgroup/sendmsg4")
+int ebmesh_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return judge_sock_addr(ctx, FAMILY_IPV4, true);
+}
+
+SEC("cgroup/sendmsg6")
+int ebmesh_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return judge_sock_addr(ctx, FAMILY_IPV6, true);
+}
+
+/* Egress of packets: note who sends each new flow, so that the receiving
+ * workload's ingress can tell a local sender by its cgroup. */
+SEC("cgroup_skb/egress")
+int ebmesh_egress(struct __sk_buff *skb)
+{
+	struct packet packet;
+	struct flow_record record = {};
+	struct flow_record *known;
+	struct bpf_sock *sk;
+	__u64 now;
+
+	if (!read_packet(skb, &packet))
+		return PACKET_PASS;
+	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
+		return PACKET_PASS;
+	sk = skb->sk;
+	if (!sk)
+		return PACKET_PASS;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return PACKET_PASS;
+
+	now = bpf_ktime_get_ns();
+	if (packet.key.protocol == IPPROTO_UDP) {
+		known = bpf_map_lookup_elem(&flows, &packet.key);
+		if (known && now - known->seen_ns < FLOW_REFRESH_NS)
+			return PACKET_PASS;
+	}
+	record.src_identity = workload_of_socket(sk);
+	if (record.src_identity == OUTSIDE_ATTACHMENT)
+		return PACKET_PASS;
+	record.seen_ns = now;
+	bpf_map_update_elem(&flows, &packet.key, &record, BPF_ANY);
+	return PACKET_PASS;
+}
+
+/* Ingress: a new flow entering a local workload (a TCP SYN, a UDP datagram
+ * that does not answer one the workload sent). */
+SEC("cgroup_skb/ingress")
+int ebmesh_ingress(struct __sk_buff *skb)
+{
+	struct packet packet;
+	struct flow flow = { .direction = DIRECTION_INGRESS };
+	struct decision decision = {};
+	struct flow_key reply_to;
+	struct flow_record *sender;
+	struct bpf_sock *sk;
+
+	if (!read_packet(skb, &packet))
+		return PACKET_PASS;
+	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
+		return PACKET_PASS;
+	sk = skb->sk;
+	if (!sk)
+		return PACKET_PASS;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return PACKET_PASS;
+	if (packet.key.protocol == IPPROTO_UDP) {
+		reverse_key(&packet.key, &reply_to);
+		if (bpf_map_lookup_elem(&flows, &reply_to))
+			return PACKET_PASS; /* an answer to what this workload sent */
+	}
+
+	flow.family = packet.key.family;
+	flow.protocol = packet.key.protocol;
+	__builtin_memcpy(flow.src_addr, packet.key.saddr, 16);
+	__builtin_memcpy(flow.dst_addr, packet.key.daddr, 16);
+	flow.src_port = bpf_ntohs(packet.key.sport);
+	flow.dst_port = bpf_ntohs(packet.key.dport);
+	flow.flags = FLOW_SRC_ADDRESS_KNOWN | FLOW_DST_BY_CGROUP;
+	flow.dst_identity = workload_of_socket(sk);
+	if (flow.dst_identity == OUTSIDE_ATTACHMENT)
+		return PACKET_PASS;
+
+	sender = bpf_map_lookup_elem(&flows, &packet.key);
+	if (sender) {
+		flow.src_identity = sender->src_identity;
+		flow.flags |= FLOW_SRC_BY_CGROUP;
+	} else {
+		flow.flags |= FLOW_SRC_BY_ADDRESS;
+	}
+
+	decide(&flow, &decision);
+	report(&flow, &decision, cgroup_id_of_socket(sk));
+	return decision.verdict == VERDICT_ALLOW ? PACKET_PASS : PACKET_DROP;
+}
+
+/* `CompiledPolicy.evaluate`: the decision above, for a flow given by userspace. */
+SEC("syscall")
+int ebmesh_evaluate(struct evaluate_request *request)
+{
+	struct flow flow = request->flow;
+	struct decision decision = {};
+	const struct service_info *service;
+
+	/* Like the hooks: a destination known only by address may be a service VIP. */
+	if (flow.flags & FLOW_DST_BY_ADDRESS) {
+		service = service_at(&flow);
+		if (service) {
+			flow.dst_identity = service->identity;
+			flow.flags &= ~FLOW_DST_BY_ADDRESS;
+			flow.flags |= FLOW_DST_IS_SERVICE;
+		}
+	}
+	decide(&flow, &decision);
+	request->flow = flow;
+	request->decision = decision;
+	return 0;
+}

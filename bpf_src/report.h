@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Per-rule counters and the verdict event stream. */
+#ifndef EBMESH_REPORT_H
+#define EBMESH_REPORT_H
+
+static __always_inline void count_decision(const struct decision *decision)
+{
+	__u32 rule = decision->rule; /* 0: the default */
+	struct rule_counter *counter = bpf_map_lookup_elem(&rule_counters, &rule);
+
+	if (counter)
+		counter->decided++;
+	if (decision->flags & DECISION_AUDIT_MATCH) {
+		rule = decision->audit_rule;
+		counter = bpf_map_lookup_elem(&rule_counters, &rule);
+		if (counter)
+			counter->audited++;
+	}
+}
+
+static __always_inline bool worth_an_event(const struct decision *decision)
+{
+	__u32 level = CONFIG.events;
+
+	if (level == EVENTS_ALL)
+		return true;
+	if (level == EVENTS_NONE)
+		return false;
+	return decision->verdict == VERDICT_DENY ||
+	       (decision->flags & (DECISION_WOULD_DENY | DECISION_AUDIT_MATCH));
+}
+
+static __always_inline void report(const struct flow *flow, const struct decision *decision,
+				   __u64 cgroup_id)
+{
+	struct verdict_event *event;
+
+	count_decision(decision);
+	if (!worth_an_event(decision))
+		return;
+	event = bpf_ringbuf_reserve(&verdict_events, sizeof(*event), 0);
+	if (!event) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
+
+		if (lost)
+			(*lost)++;
+		return;
+	}
+	event->timestamp_ns = bpf_ktime_get_ns();
+	event->cgroup_id = cgroup_id;
+	event->flow = *flow;
+	event->decision = *decision;
+	bpf_ringbuf_submit(event, 0);
+}
+
+#endif /* EBMESH_REPORT_H */

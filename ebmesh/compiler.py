@@ -1,0 +1,84 @@
+"""The pipeline: policy text -> AST -> checks -> IR -> tables -> C -> object.
+
+Each phase lives in its own package; this module only runs them in order
+and keeps what each produced, with how long it took.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from ebmesh import language
+from ebmesh.codegen.datapath import encode_tables, render_policy_header
+from ebmesh.ir.lowering import lower
+from ebmesh.ir.model import Policy
+from ebmesh.language.ast import PolicyFile
+from ebmesh.language.lower import lower_to_ir
+from ebmesh.policy import CompiledPolicy
+from ebmesh.resources import bpf_source_dir
+from ebmesh.runtime.image import DatapathImage, Naming, RuleOrigin
+from ebmesh.toolchain.clang import build_object
+
+MAIN_SOURCE = "ebmesh.bpf.c"
+GENERATED_HEADER = "policy.h"
+
+
+def compile(policy: str | Path | PolicyFile) -> CompiledPolicy:  # noqa: A001 - the API's name
+    """Compile a policy (source text, a file path, or a parsed `PolicyFile`).
+
+    Raises `ebmesh.PolicyError` with every diagnostic if the policy is wrong.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal started
+        now = time.perf_counter()
+        timings[name] = now - started
+        started = now
+
+    tree = language.load(policy)
+    phase("parse_and_check")
+    ir = lower_to_ir(tree)
+    phase("ir")
+    shape, tables = lower(ir)
+    phase("tables")
+    header = render_policy_header(shape)
+    main = (bpf_source_dir() / MAIN_SOURCE).read_text()
+    with tempfile.TemporaryDirectory(prefix="ebmesh-gen-") as generated:
+        (Path(generated) / GENERATED_HEADER).write_text(header)
+        build = build_object(main, include_dirs=[Path(generated), bpf_source_dir()], name="ebmesh")
+    phase("clang")
+    image = DatapathImage(
+        object_bytes=build.object,
+        maps=encode_tables(tables),
+        rule_count=tables.rule_count,
+        identity_count=len(tables.identity_flags) - 1,
+        workload_cgroups=tuple(tables.workload_cgroups),
+        v4_prefix_lengths=tables.v4_lengths,
+        v6_prefix_lengths=tables.v6_lengths,
+        naming=naming_of(ir),
+    )
+    phase("encode")
+    return CompiledPolicy(
+        tree=tree,
+        policy=ir,
+        shape=shape,
+        tables=tables,
+        sources={GENERATED_HEADER: header, MAIN_SOURCE: main},
+        image=image,
+        build=build,
+        timings=timings,
+    )
+
+
+def naming_of(policy: Policy) -> Naming:
+    identities = {w.identity: w.name for w in policy.workloads}
+    identities.update({s.identity: s.name for s in policy.services})
+    rules = {
+        rule.id: RuleOrigin(rule.id, rule.origin.file, rule.origin.line, rule.origin.text.strip())
+        for rule in policy.rules
+        if rule.origin is not None
+    }
+    return Naming(identities=identities, rules=rules)

@@ -1,0 +1,112 @@
+"""Every error ebmesh raises, in one hierarchy.
+
+Policy mistakes are collected as `Diagnostic`s and raised together in one
+`PolicyError`; problems with the machine (no clang, not root, no BTF) are
+`EnvironmentProblem`s that say what to do; failures of the kernel or libbpf
+are `LibbpfError`s carrying errno and the verifier/libbpf log.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass, field
+
+
+class EbmeshError(Exception):
+    """Base class of every error ebmesh raises on purpose."""
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """A point in a policy source, 1-based like compilers print it."""
+
+    file: str
+    line: int
+    column: int
+    length: int = 1  # how many characters the caret line underlines
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One mistake in a policy: where, what, and (maybe) how to fix it."""
+
+    message: str
+    location: SourceLocation | None = None
+    source_line: str | None = None
+    hint: str | None = None
+
+    def render(self) -> str:
+        """`FILE:LINE:COLUMN: message`, the line, a caret under the spot, the hint."""
+        head = f"{self.location}: {self.message}" if self.location else self.message
+        lines = [head]
+        if self.location is not None and self.source_line is not None:
+            text = self.source_line.rstrip("\n").expandtabs(1)
+            lines.append(f"    {text}")
+            pad = " " * (self.location.column - 1)
+            width = max(1, min(self.location.length, len(text) - self.location.column + 1))
+            lines.append(f"    {pad}^{'~' * (width - 1)}")
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+    def sort_key(self) -> tuple:
+        loc = self.location
+        return (loc.file, loc.line, loc.column) if loc else ("", 0, 0)
+
+
+class PolicyError(EbmeshError):
+    """A policy that cannot be compiled; carries every diagnostic found."""
+
+    def __init__(self, diagnostics):
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(sorted(diagnostics, key=Diagnostic.sort_key))
+        if not self.diagnostics:
+            raise ValueError("PolicyError needs at least one diagnostic")
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        count = len(self.diagnostics)
+        body = "\n".join(d.render() for d in self.diagnostics)
+        if count == 1:
+            return body
+        return f"{body}\n{count} errors"
+
+
+class EnvironmentProblem(EbmeshError):
+    """The machine lacks something ebmesh needs; the message says what to do."""
+
+
+class ToolchainError(EbmeshError):
+    """clang or bpftool failed on input ebmesh produced (a bug in ebmesh)."""
+
+    def __init__(self, message: str, output: str = ""):
+        self.output = output
+        super().__init__(f"{message}\n{output}".rstrip())
+
+
+@dataclass
+class LibbpfError(EbmeshError):
+    """A libbpf call failed. `log` holds what libbpf and the verifier printed."""
+
+    function: str
+    errno: int
+    log: str = ""
+    detail: str = field(default="")
+
+    def __post_init__(self):
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno, str(self.errno))
+        text = f"{self.function}: {os.strerror(self.errno)} ({name})"
+        if self.detail:
+            text += f": {self.detail}"
+        if self.log:
+            text += "\n" + self.log.rstrip()
+        return text
+
+
+class AttachError(EbmeshError):
+    """A policy could not be attached (unsafe target, missing cgroup, ...)."""

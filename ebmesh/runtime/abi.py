@@ -1,0 +1,241 @@
+"""The datapath's binary interface: ctypes mirrors of bpf_src/ebmesh_types.h.
+
+One class per C struct, field for field. tests/bytecode checks each against
+the BTF of the built object, so a change on one side that is not made on the
+other fails the suite. Packing many entries goes through `struct.Struct`
+formats derived from these classes, which is much faster than ctypes.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from functools import cache
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+Address = u32 * 4  # network byte order, IPv4 in word 0
+
+NO_IDENTITY = 0
+OUTSIDE_ATTACHMENT = 0xFFFFFFFF
+NO_RULE = 0xFFFFFFFF
+
+FAMILY_IPV4 = 4
+FAMILY_IPV6 = 6
+
+VERDICT_DENY = 0
+VERDICT_ALLOW = 1
+
+DIRECTION_EGRESS = 0
+DIRECTION_INGRESS = 1
+
+DECISION_BY_DEFAULT = 1 << 0
+DECISION_WOULD_DENY = 1 << 1
+DECISION_NEEDS_MTLS = 1 << 2
+DECISION_AUDIT_MATCH = 1 << 3
+
+FLOW_SRC_ADDRESS_KNOWN = 1 << 0
+FLOW_SRC_BY_ADDRESS = 1 << 1
+FLOW_DST_BY_ADDRESS = 1 << 2
+FLOW_DST_IS_SERVICE = 1 << 3
+FLOW_SRC_BY_CGROUP = 1 << 4
+FLOW_DST_BY_CGROUP = 1 << 5
+
+SIDE_ANY = 0x40000000
+SIDE_IDENTITY = 0x80000000
+SIDE_CLASS = 0xC0000000
+SIDE_VALUE_MASK = 0x3FFFFFFF
+
+SIDE_KIND_IDENTITY = 0
+SIDE_KIND_ANY = 1
+SIDE_KIND_CLASS = 2
+
+IDENTITY_MTLS_REQUIRED = 1 << 0
+IDENTITY_LOCAL = 1 << 1
+
+PROTO_INDEX_TCP = 0
+PROTO_INDEX_UDP = 1
+
+EVENTS_NONE = 0
+EVENTS_DENIED = 1
+EVENTS_ALL = 2
+
+
+class Struct(ctypes.Structure):
+    """A C struct with no implicit padding, packable in bulk."""
+
+    @classmethod
+    def packer(cls) -> struct.Struct:
+        return struct_format(cls)
+
+
+class AddressKey(Struct):
+    _fields_ = [("family", u8), ("length", u8), ("reserved", u16), ("addr", Address)]
+
+
+class AddressClass(Struct):
+    _fields_ = [("class_id", u32), ("workload", u32), ("src_start", u32), ("dst_start", u32)]
+
+
+class ClassLinks(Struct):
+    _fields_ = [("src_parent", u32), ("dst_parent", u32)]
+
+
+class RulePairKey(Struct):
+    _fields_ = [("src", u32), ("dst", u32)]
+
+
+class PortTable(Struct):
+    _fields_ = [("first", u32 * 2), ("count", u32 * 2)]
+
+
+class RuleSet(Struct):
+    _fields_ = [("deny", u32), ("allow", u32), ("mtls", u32), ("audit", u32)]
+
+
+class PortInterval(Struct):
+    _fields_ = [("low", u16), ("high", u16), ("reserved", u32), ("rules", RuleSet)]
+
+
+class IdentityInfo(Struct):
+    _fields_ = [("flags", u32)]
+
+
+class ServiceKey(Struct):
+    _fields_ = [("family", u8), ("protocol", u8), ("port", u16), ("addr", Address)]
+
+
+class ServiceInfo(Struct):
+    _fields_ = [("identity", u32), ("flags", u32)]
+
+
+class FlowKey(Struct):
+    _fields_ = [
+        ("saddr", Address),
+        ("daddr", Address),
+        ("sport", u16),
+        ("dport", u16),
+        ("family", u8),
+        ("protocol", u8),
+        ("reserved", u16),
+    ]
+
+
+class FlowRecord(Struct):
+    _fields_ = [("src_identity", u32), ("service", u32), ("seen_ns", u64)]
+
+
+class AuthKey(Struct):
+    _fields_ = [("src", u32), ("dst", u32)]
+
+
+class AuthValue(Struct):
+    _fields_ = [("expires_ns", u64)]
+
+
+class Flow(Struct):
+    _fields_ = [
+        ("src_addr", Address),
+        ("dst_addr", Address),
+        ("src_identity", u32),
+        ("dst_identity", u32),
+        ("src_port", u16),
+        ("dst_port", u16),
+        ("family", u8),
+        ("protocol", u8),
+        ("direction", u8),
+        ("reserved", u8),
+        ("flags", u32),
+    ]
+
+
+class Decision(Struct):
+    _fields_ = [("verdict", u32), ("rule", u32), ("audit_rule", u32), ("flags", u32)]
+
+
+class VerdictEvent(Struct):
+    _fields_ = [
+        ("timestamp_ns", u64),
+        ("cgroup_id", u64),
+        ("flow", Flow),
+        ("decision", Decision),
+    ]
+
+
+class RuleCounter(Struct):
+    _fields_ = [("decided", u64), ("audited", u64)]
+
+
+class EvaluateRequest(Struct):
+    _fields_ = [("flow", Flow), ("decision", Decision)]
+
+
+MAX_PREFIX_LENGTHS_V4 = 33
+MAX_PREFIX_LENGTHS_V6 = 129
+
+
+class RuntimeConfig(Struct):
+    _fields_ = [
+        ("attach_cgroup_id", u64),
+        ("events", u32),
+        ("v4_length_count", u8),
+        ("v6_length_count", u8),
+        ("reserved", u8 * 2),
+        ("v4_lengths", u8 * 36),
+        ("v6_lengths", u8 * 132),
+    ]
+
+
+# C struct name -> mirror, for the BTF cross-check.
+C_STRUCTS: dict[str, type[Struct]] = {
+    "address_key": AddressKey,
+    "address_class": AddressClass,
+    "class_links": ClassLinks,
+    "rule_pair_key": RulePairKey,
+    "port_table": PortTable,
+    "rule_set": RuleSet,
+    "port_interval": PortInterval,
+    "identity_info": IdentityInfo,
+    "service_key": ServiceKey,
+    "service_info": ServiceInfo,
+    "flow_key": FlowKey,
+    "flow_record": FlowRecord,
+    "auth_key": AuthKey,
+    "auth_value": AuthValue,
+    "flow": Flow,
+    "decision": Decision,
+    "verdict_event": VerdictEvent,
+    "rule_counter": RuleCounter,
+    "evaluate_request": EvaluateRequest,
+    "runtime_config": RuntimeConfig,
+}
+
+_FORMAT_OF = {
+    ctypes.c_uint8: "B",
+    ctypes.c_uint16: "H",
+    ctypes.c_uint32: "I",
+    ctypes.c_uint64: "Q",
+}
+
+
+def _flat_format(ctype) -> str:
+    if ctype in _FORMAT_OF:
+        return _FORMAT_OF[ctype]
+    if issubclass(ctype, ctypes.Array):
+        return _flat_format(ctype._type_) * ctype._length_
+    if issubclass(ctype, ctypes.Structure):
+        return "".join(_flat_format(t) for _, t in ctype._fields_)
+    raise TypeError(f"no struct format for {ctype!r}")
+
+
+@cache
+def struct_format(ctype) -> struct.Struct:
+    """A little-endian, unpadded `struct.Struct` with the layout of `ctype`."""
+    packer = struct.Struct("<" + _flat_format(ctype))
+    if packer.size != ctypes.sizeof(ctype):
+        raise TypeError(f"{ctype.__name__} has implicit padding; make it explicit")
+    return packer
+
+
+def address_words(packed: bytes) -> tuple[int, int, int, int]:
+    """The four u32 words (as the little-endian CPU reads them) of a 4- or 16-byte address."""
+    padded = packed.ljust(16, b"\0")
+    return struct.unpack("<4I", padded)

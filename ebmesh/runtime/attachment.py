@@ -1,0 +1,170 @@
+"""A policy attached to a cgroup: an owned object whose end detaches it.
+
+Like cilium/ebpf's link.Link and libbpf-rs's links, an `Attachment` owns its
+programs' links; `detach()`, leaving its `with` block, or being garbage
+collected removes everything it attached. Pinned links outlive the process
+until `detach()` (or `unpin()` and a close) removes them.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ebmesh.errors import AttachError
+from ebmesh.loader import BpfLink, RingBuffer, ensure_bpffs
+from ebmesh.runtime import abi, cgroups
+from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
+from ebmesh.runtime.image import DatapathImage
+from ebmesh.runtime.instance import HOOK_PROGRAMS, load_image
+
+
+class Attachment:
+    """The datapath of one policy, live on one cgroup."""
+
+    def __init__(self, image: DatapathImage, cgroup, *, force: bool = False, events: str = "all"):
+        self.cgroup: Path = cgroups.resolve(cgroup)
+        cgroups.refuse_root(self.cgroup, force)
+        self._image = image
+        self._links: list[BpfLink] = []
+        self._ring: RingBuffer | None = None
+        self._pending: list[VerdictEvent] = []
+        self._pin_dir: Path | None = None
+        self.workload_cgroups = self._resolve_workload_cgroups()
+
+        ensure_bpffs()
+        self._bpf = load_image(
+            image, programs=HOOK_PROGRAMS, attach_cgroup_id=cgroups.cgroup_id(self.cgroup), events=events
+        )
+        try:
+            workloads = self._bpf.maps["cgroup_workloads"]
+            for identity, path in self.workload_cgroups.items():
+                workloads.update(cgroups.cgroup_id(path).to_bytes(8, "little"), identity.to_bytes(4, "little"))
+            for name in HOOK_PROGRAMS:
+                self._links.append(self._bpf.programs[name].attach_cgroup(self.cgroup))
+        except BaseException:
+            self.detach()
+            raise
+
+    def _resolve_workload_cgroups(self) -> dict[int, Path]:
+        resolved, missing = {}, []
+        for identity, relative in self._image.workload_cgroups:
+            path = self.cgroup / relative
+            if (path / "cgroup.procs").exists():
+                resolved[identity] = path
+            else:
+                missing.append(f"{self._image.naming.identity(identity)} ({path})")
+        if missing:
+            raise AttachError(
+                "workload cgroups missing below "
+                f"{self.cgroup}: {', '.join(missing)}; create them (mkdir) before attaching"
+            )
+        return resolved
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._links)
+
+    def detach(self) -> None:
+        """Remove every program this attachment attached, and its maps. Idempotent."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        links, self._links = self._links, []
+        for link in reversed(links):
+            if link.pin_path:
+                link.unpin()
+            link.close()
+        self._pin_dir = None
+        bpf = getattr(self, "_bpf", None)
+        if bpf is not None:
+            bpf.close()
+
+    def pin(self, directory) -> Path:
+        """Pin the links under `directory` (on bpffs): the policy then outlives this process."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for link, name in zip(self._links, HOOK_PROGRAMS):
+            link.pin(directory / name)
+        self._pin_dir = directory
+        return directory
+
+    def __enter__(self) -> Attachment:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.detach()
+
+    def __del__(self):
+        if getattr(self, "_links", None):
+            self.detach()
+
+    # ---- what it saw --------------------------------------------------------------
+
+    def counters(self) -> dict[int, RuleCount]:
+        """Per rule id (0: the default): verdicts decided and audit matches, summed over CPUs."""
+        counters = self._bpf.maps["rule_counters"]
+        packer = abi.RuleCounter.packer()
+        result = {}
+        for rule_id in range(self._image.rule_count + 1):
+            per_cpu = counters.lookup_percpu(rule_id.to_bytes(4, "little")) or []
+            decided = audited = 0
+            for value in per_cpu:
+                d, a = packer.unpack(value[: packer.size])
+                decided += d
+                audited += a
+            result[rule_id] = RuleCount(rule_id, self._image.naming.rules.get(rule_id), decided, audited)
+        return result
+
+    def lost_events(self) -> int:
+        per_cpu = self._bpf.maps["lost_events"].lookup_percpu((0).to_bytes(4, "little")) or []
+        return sum(int.from_bytes(v[:8], "little") for v in per_cpu)
+
+    def _on_event(self, record: bytes) -> None:
+        self._pending.append(decode_event(record, self._image.naming))
+
+    def poll_events(self, timeout: float = 0.0) -> list[VerdictEvent]:
+        """Events that arrived, waiting up to `timeout` seconds for the first."""
+        if self._ring is None:
+            self._ring = RingBuffer(self._bpf.maps["verdict_events"], self._on_event)
+        self._ring.poll(int(timeout * 1000))
+        events, self._pending = self._pending, []
+        return events
+
+    def events(self, timeout: float | None = None) -> Iterator[VerdictEvent]:
+        """Verdict events as they happen. Stops after `timeout` seconds without one
+        (None: never stops; break out of the loop, or Ctrl-C, to end it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+            batch = self.poll_events(wait)
+            if batch:
+                yield from batch
+                if deadline is not None:
+                    deadline = time.monotonic() + timeout
+            elif deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def fileno(self) -> int:
+        """An fd that is readable when events wait (for select/poll loops)."""
+        if self._ring is None:
+            self._ring = RingBuffer(self._bpf.maps["verdict_events"], self._on_event)
+        return self._ring.epoll_fd
+
+    def program_ids(self) -> dict[str, int]:
+        return {name: self._bpf.programs[name].id for name in HOOK_PROGRAMS}
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """run_time_ns and run_cnt per attached program (they move only while stats are enabled)."""
+        result = {}
+        for name in HOOK_PROGRAMS:
+            stats = self._bpf.programs[name].stats()
+            result[name] = (stats.run_time_ns, stats.run_cnt)
+        return result
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"<Attachment {state} to {self.cgroup}>"
+

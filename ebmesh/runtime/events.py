@@ -1,0 +1,105 @@
+"""Verdict events and rule counters, read back from the datapath with names."""
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from ebmesh.runtime import abi
+from ebmesh.runtime.image import Naming, RuleOrigin
+
+_PROTOCOLS = {6: "tcp", 17: "udp"}
+
+
+def address_from_words(family: int, words) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+    if family == abi.FAMILY_IPV4:
+        return ipaddress.IPv4Address(raw[:4])
+    return ipaddress.IPv6Address(raw)
+
+
+def words_from_address(address) -> tuple[int, int, int, int]:
+    return abi.address_words(address.packed)
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """One verdict the kernel took, with the rule (and line) that decided it."""
+
+    time: float  # seconds since the epoch
+    direction: str  # "egress" | "ingress"
+    verdict: str  # "allow" | "deny": what the kernel did
+    protocol: str
+    src_name: str
+    src_identity: int
+    src_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    src_port: int
+    dst_name: str
+    dst_identity: int
+    dst_address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst_port: int
+    rule_id: int  # 0: the default decided
+    rule: RuleOrigin | None
+    audit_rule_id: int
+    audit_rule: RuleOrigin | None
+    would_deny: bool  # mode audit let a denial through
+    needs_mtls: bool
+    cgroup_id: int
+
+    @property
+    def decided_by(self) -> str:
+        return f"rule {self.rule_id} ({self.rule})" if self.rule else "the default"
+
+    def __str__(self) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
+        src = f"{self.src_address}:{self.src_port}" if self.src_address else f"*:{self.src_port}"
+        verdict = "DENY" if self.verdict == "deny" else ("ALLOW (would deny)" if self.would_deny else "ALLOW")
+        text = (
+            f"{clock} {self.direction:<7} {self.protocol} {self.src_name} {src} -> "
+            f"{self.dst_name} {self.dst_address}:{self.dst_port}  {verdict} by {self.decided_by}"
+        )
+        if self.needs_mtls:
+            text += " [mtls]"
+        if self.audit_rule:
+            text += f"  audit: rule {self.audit_rule_id} ({self.audit_rule}) would deny"
+        return text
+
+
+_WALL_CLOCK_OFFSET = time.time() - time.monotonic()
+
+
+def decode_event(record: bytes, naming: Naming) -> VerdictEvent:
+    event = abi.VerdictEvent.from_buffer_copy(record[: abi.ctypes.sizeof(abi.VerdictEvent)])
+    flow, decision = event.flow, event.decision
+    src_known = bool(flow.flags & abi.FLOW_SRC_ADDRESS_KNOWN)
+    return VerdictEvent(
+        time=event.timestamp_ns / 1e9 + _WALL_CLOCK_OFFSET,
+        direction="ingress" if flow.direction == abi.DIRECTION_INGRESS else "egress",
+        verdict="allow" if decision.verdict == abi.VERDICT_ALLOW else "deny",
+        protocol=_PROTOCOLS.get(flow.protocol, str(flow.protocol)),
+        src_name=naming.identity(flow.src_identity),
+        src_identity=flow.src_identity,
+        src_address=address_from_words(flow.family, flow.src_addr) if src_known else None,
+        src_port=flow.src_port,
+        dst_name=naming.identity(flow.dst_identity),
+        dst_identity=flow.dst_identity,
+        dst_address=address_from_words(flow.family, flow.dst_addr),
+        dst_port=flow.dst_port,
+        rule_id=decision.rule,
+        rule=naming.rules.get(decision.rule),
+        audit_rule_id=decision.audit_rule,
+        audit_rule=naming.rules.get(decision.audit_rule),
+        would_deny=bool(decision.flags & abi.DECISION_WOULD_DENY),
+        needs_mtls=bool(decision.flags & abi.DECISION_NEEDS_MTLS),
+        cgroup_id=event.cgroup_id,
+    )
+
+
+@dataclass(frozen=True)
+class RuleCount:
+    """How often a rule decided a verdict, and matched as an audit rule."""
+
+    rule_id: int  # 0: the default
+    rule: RuleOrigin | None
+    decided: int
+    audited: int

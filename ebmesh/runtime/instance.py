@@ -1,0 +1,61 @@
+"""One loaded copy of a policy's object: maps sized and filled, programs verified."""
+from __future__ import annotations
+
+from ebmesh.loader import BpfObject
+from ebmesh.runtime import abi
+from ebmesh.runtime.image import DatapathImage
+
+# Hook programs, in the order they are attached: the recorder of senders
+# first, so that ingress never sees a flow its sender's egress missed.
+HOOK_PROGRAMS = (
+    "ebmesh_egress",
+    "ebmesh_ingress",
+    "ebmesh_connect4",
+    "ebmesh_connect6",
+    "ebmesh_sendmsg4",
+    "ebmesh_sendmsg6",
+)
+EVALUATE_PROGRAM = "ebmesh_evaluate"
+
+EVENT_LEVELS = {"none": abi.EVENTS_NONE, "denied": abi.EVENTS_DENIED, "all": abi.EVENTS_ALL}
+
+
+def load_image(
+    image: DatapathImage,
+    *,
+    programs: tuple[str, ...],
+    attach_cgroup_id: int = 0,
+    events: str = "all",
+) -> BpfObject:
+    """Open, size, configure, verify and fill a copy of the policy's object.
+
+    Only `programs` are loaded. The maps are full before this returns, so a
+    program attached afterwards never sees a half-written policy.
+    """
+    if events not in EVENT_LEVELS:
+        raise ValueError(f"events must be one of {sorted(EVENT_LEVELS)}, not {events!r}")
+    bpf = BpfObject.open(image.object_bytes, "ebmesh")
+    try:
+        for name, program in bpf.programs.items():
+            program.set_autoload(name in programs)
+        for name, contents in image.maps.items():
+            bpf.maps[name].set_max_entries(contents.max_entries)
+        bpf.maps["rule_counters"].set_max_entries(image.rule_count + 1)
+        bpf.maps["cgroup_workloads"].set_max_entries(max(1, len(image.workload_cgroups)))
+        config = abi.RuntimeConfig(
+            attach_cgroup_id=attach_cgroup_id,
+            events=EVENT_LEVELS[events],
+            v4_length_count=len(image.v4_prefix_lengths),
+            v6_length_count=len(image.v6_prefix_lengths),
+        )
+        config.v4_lengths[: len(image.v4_prefix_lengths)] = image.v4_prefix_lengths
+        config.v6_lengths[: len(image.v6_prefix_lengths)] = image.v6_prefix_lengths
+        bpf.maps[".rodata.config"].set_initial_value(bytes(config))
+        bpf.load()
+        for name, contents in image.maps.items():
+            if contents.count:
+                bpf.maps[name].update_batch(contents.keys, contents.values, contents.count)
+    except BaseException:
+        bpf.close()
+        raise
+    return bpf

@@ -1,0 +1,34 @@
+"""ebmesh: a sidecar-free service mesh compiled to eBPF."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def data_files(folder):
+    """grammar/ and bpf_src/ live beside the package; installed copies go to share/ebmesh."""
+    files = sorted(str(p) for p in (HERE / folder).rglob("*") if p.is_file())
+    return [(f"share/ebmesh/{folder}", [str(Path(f).relative_to(HERE)) for f in files])]
+
+
+setup(
+    name="ebmesh",
+    version="0.1.0",
+    description="A sidecar-free service mesh: policies compiled to eBPF, enforced at the socket",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ebmesh", "ebmesh.*"]),
+    install_requires=[
+        "lark>=1.1.9",
+        "pydantic>=2.5",
+        "pyelftools>=0.30",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],
+    },
+    data_files=data_files("grammar") + data_files("bpf_src"),
+    entry_points={"console_scripts": ["ebmesh = ebmesh.cli:main"]},
+    license="Apache-2.0",
+)
