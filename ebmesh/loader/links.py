@@ -1,0 +1,89 @@
+"""BPF links: an attachment of a program to a hook, owned like a file."""
+
+from __future__ import annotations
+
+import os
+
+from ._common import annotate, decode, path_bytes
+from .libbpf import lib
+
+
+class BpfLink:
+    """An owned bpf_link (from `BpfProgram.attach_cgroup` or `BpfLink.open_pinned`).
+
+    `close()` destroys our handle: the program is detached unless the link is
+    pinned (the pin keeps it attached). `detach()` detaches the program from
+    its hook even if pinned, then closes. A link that is garbage-collected is
+    closed, so keep a reference (or pin it) for as long as the program should
+    stay attached.
+    """
+
+    def __init__(self, handle, description: str = ""):
+        self._handle = handle  # BpfLinkPtr
+        self._description = description
+
+    @classmethod
+    def open_pinned(cls, path: str | os.PathLike[str]) -> BpfLink:
+        """Reopen a link pinned in bpffs (bpf_link__open)."""
+        with annotate(f"opening pinned link {os.fspath(path)!r}"):
+            handle = lib.bpf_link__open(path_bytes(path))
+        return cls(handle, f"pinned at {os.fspath(path)}")
+
+    def _live(self):
+        if self._handle is None:
+            raise ValueError(f"link {self._description} is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    @property
+    def fd(self) -> int:
+        return lib.bpf_link__fd(self._live())
+
+    @property
+    def pin_path(self) -> str | None:
+        raw = lib.bpf_link__pin_path(self._live())
+        return decode(raw) if raw is not None else None
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        """Pin in bpffs: the attachment then outlives this handle (and this process)."""
+        with annotate(f"pinning link {self._description} at {os.fspath(path)!r}"):
+            lib.bpf_link__pin(self._live(), path_bytes(path))
+
+    def unpin(self) -> None:
+        with annotate(f"unpinning link {self._description}"):
+            lib.bpf_link__unpin(self._live())
+
+    def detach(self) -> None:
+        """Detach the program from its hook (even if pinned), then close the handle."""
+        handle = self._live()
+        try:
+            with annotate(f"detaching link {self._description}"):
+                lib.bpf_link__detach(handle)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Destroy the handle (bpf_link__destroy); detaches unless pinned. Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with annotate(f"destroying link {self._description}"):
+                lib.bpf_link__destroy(handle)
+
+    def __enter__(self) -> BpfLink:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else "open"
+        return f"<BpfLink {self._description} {state}>"

@@ -1,0 +1,419 @@
+"""BPF maps: configured before load through libbpf, then read and written by fd."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from functools import cache
+from typing import TYPE_CHECKING
+
+from ..errors import LibbpfError
+from ._common import annotate, decode, path_bytes, with_detail
+from .constants import BPF_ANY, ENOTSUPP, PERCPU_MAP_TYPES, MapType, to_enum
+from .libbpf import BpfMapBatchOpts, BpfMapInfo, lib
+
+if TYPE_CHECKING:
+    from .object import BpfObject
+
+# What the kernel answers when a map type has no batch operation.
+_NO_BATCH_OP = frozenset({errno.EOPNOTSUPP, ENOTSUPP})
+
+
+@cache
+def possible_cpus() -> int:
+    """libbpf_num_possible_cpus(): the number of slots in a per-CPU value."""
+    return lib.libbpf_num_possible_cpus()
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class BpfMap:
+    """One BPF map.
+
+    Either borrowed from a `BpfObject` (valid until the object is closed;
+    configurable until it is loaded) or standalone, opened from a pin with
+    `BpfMap.from_pinned` (owns its fd; close it).
+
+    Keys and values are raw bytes of exactly `key_size` / `value_size`
+    bytes; per-CPU maps use `lookup_percpu` / `update_percpu`.
+    """
+
+    def __init__(
+        self,
+        handle,
+        owner: BpfObject | None = None,
+        *,
+        fd: int | None = None,
+        info: BpfMapInfo | None = None,
+    ):
+        self._handle = handle  # BpfMapPtr, or None for a standalone map
+        self._owner = owner
+        self._own_fd = fd  # standalone maps own their fd
+        self._info = info
+        self._friendly_name: str | None = None
+        self._batch_unsupported: set[str] = set()  # ops the kernel refused to batch
+
+    # --- construction -----------------------------------------------------
+
+    @classmethod
+    def from_pinned(cls, path: str | os.PathLike[str]) -> BpfMap:
+        """Open a map pinned in bpffs (bpf_obj_get); the result owns the fd."""
+        with annotate(f"opening pinned map {os.fspath(path)!r}"):
+            fd = lib.bpf_obj_get(path_bytes(path))
+        try:
+            info = BpfMapInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            with annotate(f"reading map info of {os.fspath(path)!r}"):
+                lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(None, fd=fd, info=info)
+
+    # --- identity and shape -------------------------------------------------
+
+    def _live(self):
+        if self._handle is not None:
+            if self._owner is not None and self._owner.closed:
+                raise ValueError(f"map {self._cached_name()!r}: its BPF object is closed")
+            return self._handle
+        if self._own_fd is None:
+            raise ValueError("map is closed")
+        return None
+
+    def _cached_name(self) -> str:
+        return self._friendly_name or "?"
+
+    @property
+    def name(self) -> str:
+        """The kernel's name of the map (internal maps get libbpf's `<obj>.rodata`-style name)."""
+        handle = self._live()
+        if handle is not None:
+            return decode(lib.bpf_map__name(handle))
+        return decode(self._info.name)
+
+    @property
+    def fd(self) -> int:
+        handle = self._live()
+        if handle is None:
+            return self._own_fd
+        fd = lib.bpf_map__fd(handle)
+        if fd < 0:
+            raise LibbpfError(
+                "bpf_map__fd",
+                errno.EBADF,
+                detail=f"map {self.name!r} is not loaded: call BpfObject.load() first",
+            )
+        return fd
+
+    @property
+    def type(self) -> MapType | int:
+        handle = self._live()
+        raw = lib.bpf_map__type(handle) if handle is not None else self._info.type
+        return to_enum(MapType, raw)
+
+    @property
+    def key_size(self) -> int:
+        handle = self._live()
+        return lib.bpf_map__key_size(handle) if handle is not None else self._info.key_size
+
+    @property
+    def value_size(self) -> int:
+        handle = self._live()
+        return lib.bpf_map__value_size(handle) if handle is not None else self._info.value_size
+
+    @property
+    def max_entries(self) -> int:
+        handle = self._live()
+        return lib.bpf_map__max_entries(handle) if handle is not None else self._info.max_entries
+
+    @property
+    def flags(self) -> int:
+        handle = self._live()
+        return lib.bpf_map__map_flags(handle) if handle is not None else self._info.map_flags
+
+    @property
+    def is_internal(self) -> bool:
+        """True for the maps libbpf makes of .data/.rodata/.bss/.kconfig sections."""
+        handle = self._live()
+        return bool(lib.bpf_map__is_internal(handle)) if handle is not None else False
+
+    @property
+    def is_percpu(self) -> bool:
+        return self.type in PERCPU_MAP_TYPES
+
+    def __repr__(self) -> str:
+        try:
+            return f"<BpfMap {self.name!r} {getattr(self.type, 'name', self.type)}>"
+        except ValueError:
+            return "<BpfMap (closed)>"
+
+    # --- before load ----------------------------------------------------------
+
+    def set_max_entries(self, n: int) -> None:
+        """Resize the map; only before BpfObject.load()."""
+        handle = self._require_handle("set_max_entries")
+        with annotate(f"map {self.name!r}: max_entries can only be set before load()"):
+            lib.bpf_map__set_max_entries(handle, n)
+
+    def set_initial_value(self, data: bytes) -> None:
+        """Initial contents of a .data/.rodata/.bss map (e.g. `const volatile` config); before load."""
+        handle = self._require_handle("set_initial_value")
+        current = self.initial_value
+        if current is not None and len(data) != len(current):
+            raise ValueError(
+                f"map {self.name!r}: initial value must be exactly {len(current)} bytes, got {len(data)}"
+            )
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        with annotate(f"map {self.name!r}: initial value can only be set before load()"):
+            lib.bpf_map__set_initial_value(handle, buf, len(data))  # libbpf copies it
+
+    @property
+    def initial_value(self) -> bytes | None:
+        """The current initial contents of an internal map (None for other maps)."""
+        handle = self._require_handle("initial_value")
+        size = ctypes.c_size_t()
+        ptr = lib.bpf_map__initial_value(handle, ctypes.byref(size))
+        if not ptr:
+            return None
+        return ctypes.string_at(ptr, size.value)
+
+    def _require_handle(self, what: str):
+        handle = self._live()
+        if handle is None:
+            raise ValueError(f"{what} needs a map of an open BpfObject, not a pinned map")
+        return handle
+
+    # --- pinning ----------------------------------------------------------------
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        handle = self._require_handle("pin")
+        with annotate(f"pinning map {self.name!r} at {os.fspath(path)!r}"):
+            lib.bpf_map__pin(handle, path_bytes(path))
+
+    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
+        handle = self._require_handle("unpin")
+        with annotate(f"unpinning map {self.name!r}"):
+            lib.bpf_map__unpin(handle, path_bytes(path) if path is not None else None)
+
+    # --- element access -------------------------------------------------------------
+
+    def _key(self, key: bytes) -> bytes:
+        key = bytes(key)
+        if len(key) != self.key_size:
+            raise ValueError(
+                f"map {self.name!r}: key must be {self.key_size} bytes, got {len(key)}"
+            )
+        return key
+
+    def _value(self, value: bytes) -> bytes:
+        value = bytes(value)
+        if len(value) != self.value_size:
+            raise ValueError(
+                f"map {self.name!r}: value must be {self.value_size} bytes, got {len(value)}"
+            )
+        return value
+
+    def _not_percpu(self, what: str) -> None:
+        if self.is_percpu:
+            raise ValueError(f"map {self.name!r} is per-CPU: use {what}_percpu()")
+
+    @property
+    def percpu_stride(self) -> int:
+        """Bytes per CPU in a per-CPU value: value_size rounded up to 8."""
+        return _round8(self.value_size)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value under `key`, or None if there is none."""
+        self._not_percpu("lookup")
+        key = self._key(key)
+        out = ctypes.create_string_buffer(max(self.value_size, 1))
+        try:
+            lib.bpf_map_lookup_elem(self.fd, key, out)
+        except LibbpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise with_detail(exc, f"map {self.name!r}") from None
+        return out.raw[: self.value_size]
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        self._not_percpu("update")
+        key, value = self._key(key), self._value(value)
+        with annotate(f"map {self.name!r}"):
+            lib.bpf_map_update_elem(self.fd, key, value, flags)
+
+    def delete(self, key: bytes) -> bool:
+        """Delete `key`; False if it was not there."""
+        key = self._key(key)
+        try:
+            lib.bpf_map_delete_elem(self.fd, key)
+        except LibbpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise with_detail(exc, f"map {self.name!r}") from None
+        return True
+
+    def lookup_percpu(self, key: bytes) -> list[bytes] | None:
+        """One value per possible CPU (each `value_size` bytes), or None."""
+        if not self.is_percpu:
+            raise ValueError(f"map {self.name!r} is not per-CPU: use lookup()")
+        key = self._key(key)
+        stride, ncpus = self.percpu_stride, possible_cpus()
+        out = ctypes.create_string_buffer(stride * ncpus)
+        try:
+            lib.bpf_map_lookup_elem(self.fd, key, out)
+        except LibbpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise with_detail(exc, f"map {self.name!r}") from None
+        raw = out.raw
+        return [raw[i * stride : i * stride + self.value_size] for i in range(ncpus)]
+
+    def update_percpu(self, key: bytes, values: Sequence[bytes], flags: int = BPF_ANY) -> None:
+        """Set every CPU's value; `values` has one `value_size`-byte entry per possible CPU."""
+        if not self.is_percpu:
+            raise ValueError(f"map {self.name!r} is not per-CPU: use update()")
+        key = self._key(key)
+        with annotate(f"map {self.name!r}"):
+            lib.bpf_map_update_elem(self.fd, key, self.pack_percpu(values), flags)
+
+    def pack_percpu(self, values: Sequence[bytes]) -> bytes:
+        """The kernel's layout of one per-CPU value: each CPU's value padded to 8 bytes."""
+        ncpus = possible_cpus()
+        if len(values) != ncpus:
+            raise ValueError(f"map {self.name!r}: need {ncpus} per-CPU values, got {len(values)}")
+        stride = self.percpu_stride
+        return b"".join(self._value(v).ljust(stride, b"\0") for v in values)
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key (bpf_map_get_next_key). Deleting while iterating a hash map may restart it."""
+        size = self.key_size
+        if size == 0:
+            raise ValueError(f"map {self.name!r} has no keys")
+        fd = self.fd
+        prev = None
+        nxt = ctypes.create_string_buffer(size)
+        while True:
+            try:
+                lib.bpf_map_get_next_key(fd, prev, nxt)
+            except LibbpfError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise with_detail(exc, f"map {self.name!r}") from None
+            key = nxt.raw
+            yield key
+            prev = key
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
+    def items(self) -> Iterator[tuple[bytes, bytes | list[bytes]]]:
+        """(key, value) pairs; per-CPU maps give the list of per-CPU values."""
+        get = self.lookup_percpu if self.is_percpu else self.lookup
+        for key in self.keys():
+            value = get(key)
+            if value is not None:
+                yield key, value
+
+    # --- batches --------------------------------------------------------------------
+
+    def _batch_value_size(self) -> int:
+        return self.percpu_stride * possible_cpus() if self.is_percpu else self.value_size
+
+    def update_batch(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY) -> int:
+        """Update `count` elements: `keys` is count*key_size bytes, `values` count*value size.
+
+        For per-CPU maps each value is the packed per-CPU layout (`pack_percpu`).
+        Map types without batch support in the kernel (e.g. LPM tries) are
+        updated element by element. Returns the number of elements updated.
+        """
+        ks, vs = self.key_size, self._batch_value_size()
+        keys, values = bytes(keys), bytes(values)
+        if len(keys) != count * ks or len(values) != count * vs:
+            raise ValueError(
+                f"map {self.name!r}: {count} elements need {count * ks} key bytes and "
+                f"{count * vs} value bytes, got {len(keys)} and {len(values)}"
+            )
+        fd = self.fd
+
+        def batch(done, opts):
+            lib.bpf_map_update_batch(fd, keys, values, done, opts)
+
+        def one(i):
+            lib.bpf_map_update_elem(
+                fd, keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs], flags
+            )
+
+        return self._batch("update", count, flags, batch, one)
+
+    def delete_batch(self, keys: bytes, count: int) -> int:
+        """Delete `count` keys (count*key_size bytes); falls back per element like update_batch.
+
+        A missing key is an error (ENOENT), as in the kernel's batch delete.
+        """
+        ks = self.key_size
+        keys = bytes(keys)
+        if len(keys) != count * ks:
+            raise ValueError(
+                f"map {self.name!r}: {count} keys need {count * ks} bytes, got {len(keys)}"
+            )
+        fd = self.fd
+
+        def batch(done, opts):
+            lib.bpf_map_delete_batch(fd, keys, done, opts)
+
+        def one(i):
+            lib.bpf_map_delete_elem(fd, keys[i * ks : (i + 1) * ks])
+
+        return self._batch("delete", count, 0, batch, one)
+
+    def _batch(self, op: str, count: int, elem_flags: int, batch, one) -> int:
+        if count == 0:
+            return 0
+        if op not in self._batch_unsupported:
+            opts = BpfMapBatchOpts(
+                sz=ctypes.sizeof(BpfMapBatchOpts), elem_flags=elem_flags, flags=0
+            )
+            done = ctypes.c_uint32(count)
+            try:
+                batch(ctypes.byref(done), ctypes.byref(opts))
+                return count
+            except LibbpfError as exc:
+                # ENOTSUPP/EOPNOTSUPP: the map type has no batch op (count is left as
+                # passed). EINVAL with nothing done: refused as a whole. Else: partial.
+                missing_op = exc.errno in _NO_BATCH_OP
+                if not missing_op and not (exc.errno == errno.EINVAL and done.value == 0):
+                    raise with_detail(
+                        exc, f"map {self.name!r}: batch {op} stopped after {done.value} of {count}"
+                    ) from None
+        # The kernel has no batch op for this map type (or refused the batch as a
+        # whole): do it element by element, which also pinpoints a bad element.
+        for i in range(count):
+            with annotate(f"map {self.name!r}: {op} of element {i} of {count}"):
+                one(i)
+        self._batch_unsupported.add(op)
+        return count
+
+    # --- lifetime (standalone maps) ---------------------------------------------------
+
+    def close(self) -> None:
+        """Close a standalone map's fd; a no-op for maps owned by a BpfObject."""
+        if self._handle is None and self._own_fd is not None:
+            fd, self._own_fd = self._own_fd, None
+            os.close(fd)
+
+    def __enter__(self) -> BpfMap:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass

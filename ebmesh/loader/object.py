@@ -1,0 +1,170 @@
+"""A BPF ELF object: open (configure maps and programs), load, close."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from pathlib import Path
+
+from ..errors import LibbpfError
+from ._common import annotate, path_bytes, with_detail
+from .libbpf import BpfObjectOpenOpts, lib
+from .maps import BpfMap
+from .privileges import require_bpf_privileges
+from .programs import BpfProgram
+
+_FAILED_PROG = re.compile(r"prog '([^']+)': failed to load")
+
+
+def _map_key(kernel_name: str, internal: bool) -> str:
+    """`.rodata` for libbpf's `<objname>.rodata`; other names unchanged.
+
+    libbpf prefixes the internal maps of .data/.rodata/.bss with (part of)
+    the object name to fit the kernel's 15 characters; the section name is
+    what the C source (and the code generator) knows.
+    """
+    if internal and "." in kernel_name:
+        return kernel_name[kernel_name.index(".") :]
+    return kernel_name
+
+
+class BpfObject:
+    """An opened BPF object (bpf_object__open_mem), loaded with `load()`.
+
+    Lifecycle: open -> configure (`maps[...].set_max_entries`,
+    `.set_initial_value`, `programs[...].set_autoload`) -> `load()` -> use ->
+    `close()`. Maps and programs belong to the object and die with it; links
+    made from its programs are independent and outlive it.
+    """
+
+    def __init__(self, handle, data_buffer, name: str):
+        self._handle = handle
+        self._data = data_buffer  # libbpf reads the ELF from here until load: keep it alive
+        self._name = name
+        self._loaded = False
+        self.maps: dict[str, BpfMap] = {}
+        self.programs: dict[str, BpfProgram] = {}
+        map_ptr = lib.bpf_object__next_map(handle, None)
+        while map_ptr:
+            bpf_map = BpfMap(map_ptr, self)
+            key = _map_key(bpf_map.name, bpf_map.is_internal)
+            bpf_map._friendly_name = key
+            self.maps[key] = bpf_map
+            map_ptr = lib.bpf_object__next_map(handle, map_ptr)
+        prog_ptr = lib.bpf_object__next_program(handle, None)
+        while prog_ptr:
+            program = BpfProgram(prog_ptr, self)
+            self.programs[program.name] = program
+            prog_ptr = lib.bpf_object__next_program(handle, prog_ptr)
+
+    @classmethod
+    def open(
+        cls, data: bytes, name: str, *, pin_root_path: str | os.PathLike[str] | None = None
+    ) -> BpfObject:
+        """Open an ELF object from memory. `name` names it in libbpf's messages
+        (libbpf keeps at most 15 characters); `pin_root_path` is where maps
+        declared with `pinning` are pinned (libbpf's default: /sys/fs/bpf)."""
+        data = bytes(data)
+        buffer = ctypes.create_string_buffer(data, len(data))
+        name_bytes = name.encode()
+        opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts), object_name=name_bytes)
+        if pin_root_path is not None:
+            opts.pin_root_path = path_bytes(pin_root_path)
+        with annotate(f"opening BPF object {name!r}"):
+            handle = lib.bpf_object__open_mem(buffer, len(data), ctypes.byref(opts))
+        try:
+            return cls(handle, buffer, name)
+        except BaseException:
+            lib.bpf_object__close(handle)
+            raise
+
+    @classmethod
+    def open_file(
+        cls, path: str | os.PathLike[str], name: str | None = None, **kwargs
+    ) -> BpfObject:
+        """Read an ELF object file and `open()` it; the name defaults to the file's stem."""
+        path = Path(path)
+        return cls.open(path.read_bytes(), name or path.name.split(".")[0], **kwargs)
+
+    # --- state ----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The name given to open() (libbpf's own copy may be truncated to 15 characters)."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def _live(self):
+        if self._handle is None:
+            raise ValueError(f"BPF object {self._name!r} is closed")
+        return self._handle
+
+    def map(self, name: str) -> BpfMap:
+        """A map by its key in `maps` (`.rodata`) or by its kernel name (`obj_nam.rodata`)."""
+        self._live()
+        if name in self.maps:
+            return self.maps[name]
+        for bpf_map in self.maps.values():
+            if bpf_map.name == name:
+                return bpf_map
+        raise KeyError(f"BPF object {self._name!r} has no map {name!r}; it has {sorted(self.maps)}")
+
+    def program(self, name: str) -> BpfProgram:
+        self._live()
+        try:
+            return self.programs[name]
+        except KeyError:
+            raise KeyError(
+                f"BPF object {self._name!r} has no program {name!r}; it has {sorted(self.programs)}"
+            ) from None
+
+    # --- load and close --------------------------------------------------------------
+
+    def load(self) -> None:
+        """Create the maps and load (verify) the programs.
+
+        A verifier rejection raises LibbpfError whose `log` holds the verifier log.
+        """
+        handle = self._live()
+        if self._loaded:
+            raise ValueError(f"BPF object {self._name!r} is already loaded")
+        require_bpf_privileges()
+        try:
+            lib.bpf_object__load(handle)
+        except LibbpfError as exc:
+            failed = _FAILED_PROG.search(exc.log)
+            what = f"program {failed.group(1)!r} of " if failed else ""
+            raise with_detail(exc, f"loading {what}BPF object {self._name!r}") from None
+        self._loaded = True
+        self._data = None  # libbpf is done with the ELF bytes
+
+    def close(self) -> None:
+        """Unload maps and programs (links already made stay attached). Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            lib.bpf_object__close(handle)
+        self._data = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("loaded" if self._loaded else "open")
+        return f"<BpfObject {self._name!r} {state}: maps={sorted(self.maps)} programs={sorted(self.programs)}>"
