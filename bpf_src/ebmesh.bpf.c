@@ -39,6 +39,44 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* How long a UDP flow's record stays fresh before its sender refreshes it. */
 #define FLOW_REFRESH_NS (1000ull * 1000 * 1000)
+/* How long an answer to a UDP datagram passes without a verdict of its own
+ * (conntrack's default for an unreplied UDP flow is 30 s). */
+#define UDP_REPLY_WINDOW_NS (30ull * 1000 * 1000 * 1000)
+
+static __always_inline bool recent(__u64 seen_ns, __u64 window_ns)
+{
+	return bpf_ktime_get_ns() - seen_ns < window_ns;
+}
+
+/* Is this datagram an answer to one the socket received and we allowed? */
+static __always_inline bool answers_allowed_datagram(const struct flow *flow, __u16 local_port)
+{
+	struct reply_key key = {
+		.remote_port = bpf_htons(flow->dst_port),
+		.local_port = bpf_htons(local_port),
+		.family = flow->family,
+		.protocol = IPPROTO_UDP,
+	};
+	struct reply_value *reply;
+
+	__builtin_memcpy(key.remote_addr, flow->dst_addr, 16);
+	reply = bpf_map_lookup_elem(&udp_replies, &key);
+	return reply && recent(reply->seen_ns, UDP_REPLY_WINDOW_NS);
+}
+
+static __always_inline void allow_answers(const struct packet *packet)
+{
+	struct reply_key key = {
+		.remote_port = packet->key.sport,
+		.local_port = packet->key.dport,
+		.family = packet->key.family,
+		.protocol = IPPROTO_UDP,
+	};
+	struct reply_value reply = { .seen_ns = bpf_ktime_get_ns() };
+
+	__builtin_memcpy(key.remote_addr, packet->key.saddr, 16);
+	bpf_map_update_elem(&udp_replies, &key, &reply, BPF_ANY);
+}
 
 static __always_inline __u8 policy_protocol(__u32 protocol)
 {
@@ -182,6 +220,9 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 	if (!address_is_zero(flow.src_addr))
 		flow.flags |= FLOW_SRC_ADDRESS_KNOWN;
 
+	if (sendmsg && flow.protocol == IPPROTO_UDP && answers_allowed_datagram(&flow, flow.src_port))
+		return SYSCALL_ALLOW;
+
 	flow.src_identity = workload_of_socket(sk);
 	if (flow.src_identity == OUTSIDE_ATTACHMENT)
 		return SYSCALL_ALLOW;
@@ -290,7 +331,8 @@ int ebmesh_ingress(struct __sk_buff *skb)
 		return PACKET_PASS;
 	if (packet.key.protocol == IPPROTO_UDP) {
 		reverse_key(&packet.key, &reply_to);
-		if (bpf_map_lookup_elem(&flows, &reply_to))
+		sender = bpf_map_lookup_elem(&flows, &reply_to);
+		if (sender && recent(sender->seen_ns, UDP_REPLY_WINDOW_NS))
 			return PACKET_PASS; /* an answer to what this workload sent */
 	}
 
@@ -315,7 +357,11 @@ int ebmesh_ingress(struct __sk_buff *skb)
 
 	decide(&flow, &decision);
 	report(&flow, &decision, cgroup_id_of_socket(sk));
-	return decision.verdict == VERDICT_ALLOW ? PACKET_PASS : PACKET_DROP;
+	if (decision.verdict != VERDICT_ALLOW)
+		return PACKET_DROP;
+	if (flow.protocol == IPPROTO_UDP)
+		allow_answers(&packet);
+	return PACKET_PASS;
 }
 
 /* `CompiledPolicy.evaluate`: the decision above, for a flow given by userspace. */

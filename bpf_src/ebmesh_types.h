@@ -152,6 +152,24 @@ struct flow_record {
 	__u64 seen_ns;
 };
 
+/* ---- UDP replies ------------------------------------------------------------------
+ * A UDP server answers with sendmsg(), which is egress like any other. An
+ * allowed datagram entering a workload lets the receiving socket's port answer
+ * its sender for a while, as a stateful firewall would. The local address is
+ * left out: a wildcard-bound socket does not know it at sendmsg time. */
+struct reply_key {
+	__u32 remote_addr[4];
+	__u16 remote_port; /* network byte order */
+	__u16 local_port;  /* network byte order */
+	__u8 family;
+	__u8 protocol;
+	__u16 reserved;
+};
+
+struct reply_value {
+	__u64 seen_ns;
+};
+
 /* ---- mTLS: authenticated (source, destination) identity pairs ------------------- */
 struct auth_key {
 	__u32 src;

@@ -123,6 +123,21 @@ class FlowRecord(Struct):
     _fields_ = [("src_identity", u32), ("service", u32), ("seen_ns", u64)]
 
 
+class ReplyKey(Struct):
+    _fields_ = [
+        ("remote_addr", Address),
+        ("remote_port", u16),
+        ("local_port", u16),
+        ("family", u8),
+        ("protocol", u8),
+        ("reserved", u16),
+    ]
+
+
+class ReplyValue(Struct):
+    _fields_ = [("seen_ns", u64)]
+
+
 class AuthKey(Struct):
     _fields_ = [("src", u32), ("dst", u32)]
 
@@ -198,6 +213,8 @@ C_STRUCTS: dict[str, type[Struct]] = {
     "service_info": ServiceInfo,
     "flow_key": FlowKey,
     "flow_record": FlowRecord,
+    "reply_key": ReplyKey,
+    "reply_value": ReplyValue,
     "auth_key": AuthKey,
     "auth_value": AuthValue,
     "flow": Flow,

@@ -76,7 +76,7 @@ class Attachment:
         for link in reversed(links):
             if link.pin_path:
                 link.unpin()
-            link.close()
+            link.detach()  # detaches even a link something else still holds
         self._pin_dir = None
         bpf = getattr(self, "_bpf", None)
         if bpf is not None:

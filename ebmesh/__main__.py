@@ -1,0 +1,6 @@
+"""`python -m ebmesh`: the same as the `ebmesh` command."""
+import sys
+
+from ebmesh.cli import main
+
+sys.exit(main())

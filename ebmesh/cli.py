@@ -1,0 +1,190 @@
+"""The `ebmesh` command: check, compile, apply and explain policies.
+
+Exit codes: 0 ok, 1 the policy has errors, 2 usage or environment errors
+(no clang, not root, no BTF, a kernel refusal), each with what to do.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from ebmesh.errors import EbmeshError, EnvironmentProblem, PolicyError
+
+EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(EbmeshError):
+    """The command line asks for something that does not make sense."""
+
+
+def _require_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(f"{action} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run it with sudo")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        raise EnvironmentProblem(
+            "this kernel exposes no BTF at /sys/kernel/btf/vmlinux; ebmesh needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        )
+
+
+def _policy_path(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"no policy file at {text}")
+    return path
+
+
+def _compile(path: Path):
+    import ebmesh
+
+    return ebmesh.compile(path)
+
+
+def cmd_check(args) -> int:
+    from ebmesh import language
+
+    tree = language.load(_policy_path(args.file))
+    mesh = tree.mesh
+    print(
+        f"{args.file}: ok (mesh {mesh.name.value}: {len(mesh.workloads)} workloads, "
+        f"{len(mesh.services)} services, {len(mesh.rules)} rules)"
+    )
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    compiled = _compile(_policy_path(args.file))
+    if args.emit_c is not None:
+        if args.emit_c == "-":
+            sys.stdout.write(compiled.generated_header)
+        else:
+            directory = Path(args.emit_c)
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, text in compiled.sources.items():
+                (directory / name).write_text(text)
+            print(f"wrote {', '.join(sorted(compiled.sources))} to {directory}", file=sys.stderr)
+    output = Path(args.output) if args.output else Path(args.file).with_suffix(".o")
+    output.write_bytes(compiled.object_bytes)
+    print(
+        f"{args.file}: compiled to {output} ({len(compiled.object_bytes)} bytes, "
+        f"{'cached' if compiled.build.cache_hit else 'built'}; "
+        f"{sum(compiled.timings.values()):.2f}s)",
+        file=sys.stderr,
+    )
+    if args.inspect:
+        print(compiled.inspect().describe())
+    return EXIT_OK
+
+
+def cmd_apply(args) -> int:
+    _require_root("ebmesh apply")
+    compiled = _compile(_policy_path(args.file))
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    attachment = compiled.attach(args.cgroup, force=args.force, events=args.events)
+    try:
+        print(f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches", file=sys.stderr, flush=True)
+        while not stop["requested"]:
+            for event in attachment.poll_events(0.2):
+                print(event, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        counters = attachment.counters()
+        attachment.detach()
+        signal.signal(signal.SIGTERM, previous)
+    print(f"ebmesh: detached from {attachment.cgroup}", file=sys.stderr)
+    for count in counters.values():
+        if count.decided or count.audited:
+            where = f"rule {count.rule_id} ({count.rule})" if count.rule else "default"
+            print(f"  {where}: decided {count.decided}, audited {count.audited}", file=sys.stderr)
+    return EXIT_OK
+
+
+_DESTINATION = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d+)(?:/(?P<proto>tcp|udp))?$")
+
+
+def parse_destination(text: str) -> tuple[str, int | None, str]:
+    """`ADDR:PORT/PROTO`, `[V6]:PORT/PROTO`, `NAME:PORT/PROTO`, or a service `NAME`."""
+    match = _DESTINATION.match(text)
+    if match:
+        return match["v6"] or match["host"], int(match["port"]), match["proto"] or "tcp"
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", text):
+        return text, None, "tcp"
+    raise UsageError(f"--to wants ADDR:PORT/PROTO (e.g. 10.0.2.10:8080/tcp or [fd00::1]:80/udp) or a service name, not {text!r}")
+
+
+def cmd_explain(args) -> int:
+    _require_root("ebmesh explain")
+    compiled = _compile(_policy_path(args.file))
+    destination, port, protocol = parse_destination(args.to)
+    if port is None:
+        service = next((s for s in compiled.policy.services if s.name == destination), None)
+        if service is None:
+            raise UsageError(f"{destination!r} is not a service; give a port: --to {destination}:PORT/PROTO")
+        port, protocol = service.port, service.protocol.label
+    source = None if args.source == "-" else args.source
+    with compiled:
+        evaluation = compiled.evaluate(source, destination, port, protocol, source_address=args.from_address)
+    print(evaluation)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ebmesh", description="A sidecar-free service mesh compiled to eBPF.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="check a policy and report every error")
+    check.add_argument("file")
+    check.set_defaults(run=cmd_check)
+
+    compile_ = commands.add_parser("compile", help="compile a policy to a BPF object")
+    compile_.add_argument("file")
+    compile_.add_argument("-o", "--output", help="object file to write (default: FILE with .o)")
+    compile_.add_argument("--emit-c", nargs="?", const="-", metavar="DIR",
+                          help="print the generated header, or write all generated C into DIR")
+    compile_.add_argument("--inspect", action="store_true", help="describe the object's programs and maps")
+    compile_.set_defaults(run=cmd_compile)
+
+    apply = commands.add_parser("apply", help="attach a policy to a cgroup and print verdicts until Ctrl-C")
+    apply.add_argument("file")
+    apply.add_argument("--cgroup", required=True, help="cgroup v2 directory (absolute or relative to the mount)")
+    apply.add_argument("--events", choices=("all", "denied", "none"), default="all")
+    apply.add_argument("--force", action="store_true", help="allow attaching to the root cgroup")
+    apply.set_defaults(run=cmd_apply)
+
+    explain = commands.add_parser("explain", help="the kernel's verdict for one flow, and the rule behind it")
+    explain.add_argument("file")
+    explain.add_argument("--from", dest="source", required=True,
+                         help="a workload name, an address, or - for a local process of no workload")
+    explain.add_argument("--from-address", help="the source's address, when --from is a workload")
+    explain.add_argument("--to", required=True, help="ADDR:PORT/PROTO, NAME:PORT/PROTO, or a service name")
+    explain.set_defaults(run=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except PolicyError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_POLICY
+    except EbmeshError as error:
+        print(f"ebmesh: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"ebmesh: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

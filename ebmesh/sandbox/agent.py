@@ -1,0 +1,148 @@
+"""A test process that lives in a cgroup (and maybe a network namespace) and
+opens real sockets on command.
+
+The parent writes one JSON command per line on stdin and reads one JSON
+answer per line on stdout. Socket errors come back as errno numbers, with
+how long the call took, so tests can assert "EPERM, at once".
+"""
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import sys
+import threading
+import time
+
+_listeners: dict[int, socket.socket] = {}
+_accepted: dict[int, int] = {}
+_lock = threading.Lock()
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _serve_tcp(key: int, server: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with _lock:
+            _accepted[key] = _accepted.get(key, 0) + 1
+        try:
+            conn.sendall(b"hello\n")
+        except OSError:
+            pass
+        conn.close()
+
+
+def _serve_udp(key: int, server: socket.socket) -> None:
+    while True:
+        try:
+            data, peer = server.recvfrom(2048)
+        except OSError:
+            return
+        with _lock:
+            _accepted[key] = _accepted.get(key, 0) + 1
+        try:
+            server.sendto(b"echo:" + data, peer)
+        except OSError:
+            pass
+
+
+def listen(protocol: str, address: str, port: int) -> dict:
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    server = socket.socket(_family(address), kind)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address, port))
+    if protocol == "tcp":
+        server.listen(128)
+    key = server.fileno()
+    _listeners[key] = server
+    target = _serve_tcp if protocol == "tcp" else _serve_udp
+    threading.Thread(target=target, args=(key, server), daemon=True).start()
+    return {"ok": True, "id": key, "port": server.getsockname()[1]}
+
+
+def _bind_source(sock: socket.socket, source: str | None) -> None:
+    if source:
+        sock.bind((source, 0))
+
+
+def connect(address: str, port: int, source: str | None = None, timeout: float = 2.0, read: bool = True) -> dict:
+    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    try:
+        _bind_source(sock, source)
+        sock.connect((address, port))
+        local = sock.getsockname()
+        peer = sock.getpeername()
+        greeting = sock.recv(64).decode() if read else ""
+        return {"ok": True, "seconds": time.monotonic() - started, "local": list(local[:2]),
+                "peer": list(peer[:2]), "greeting": greeting}
+    except socket.timeout:
+        return {"ok": False, "errno": errno.ETIMEDOUT, "seconds": time.monotonic() - started}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno, "seconds": time.monotonic() - started}
+    finally:
+        sock.close()
+
+
+def send(address: str, port: int, source: str | None = None, timeout: float = 1.0,
+         connected: bool = False, payload: str = "ping") -> dict:
+    sock = socket.socket(_family(address), socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    try:
+        _bind_source(sock, source)
+        if connected:
+            sock.connect((address, port))
+            sock.send(payload.encode())
+        else:
+            sock.sendto(payload.encode(), (address, port))
+        sent = time.monotonic() - started
+        try:
+            data, peer = sock.recvfrom(2048)
+            return {"ok": True, "seconds": sent, "reply": data.decode(), "peer": list(peer[:2])}
+        except socket.timeout:
+            return {"ok": True, "seconds": sent, "reply": None}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno, "seconds": time.monotonic() - started}
+    finally:
+        sock.close()
+
+
+def accepted(id: int) -> dict:
+    with _lock:
+        return {"ok": True, "count": _accepted.get(id, 0)}
+
+
+def close(id: int) -> dict:
+    server = _listeners.pop(id, None)
+    if server is not None:
+        server.close()
+    return {"ok": True}
+
+
+COMMANDS = {"listen": listen, "connect": connect, "send": send, "accepted": accepted, "close": close}
+
+
+def main() -> None:
+    print(json.dumps({"ready": True, "pid": __import__("os").getpid()}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        name = request.pop("command")
+        if name == "exit":
+            break
+        try:
+            answer = COMMANDS[name](**request)
+        except OSError as exc:
+            answer = {"ok": False, "errno": exc.errno, "error": str(exc)}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()

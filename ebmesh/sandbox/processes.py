@@ -1,0 +1,83 @@
+"""Agents: test processes placed in a cgroup and maybe a network namespace."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+_ROOT = Path(__file__).resolve().parents[2]  # so `-m ebmesh.sandbox.agent` works from a checkout
+
+
+def _enter(cgroup: Path | None, netns: str | None):
+    """Runs in the child between fork and exec: join the namespace, then the cgroup."""
+
+    def prepare():
+        if netns is not None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                os._exit(97)
+            os.close(fd)
+        if cgroup is not None:
+            with open(cgroup / "cgroup.procs", "w") as procs:
+                procs.write(str(os.getpid()))
+
+    return prepare
+
+
+class Agent:
+    """A process in `cgroup` (and `netns`) that opens sockets on command."""
+
+    def __init__(self, cgroup: Path | None = None, netns: str | None = None, name: str = "agent"):
+        self.name = name
+        self.cgroup = cgroup
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ebmesh.sandbox.agent"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=_ROOT,
+            preexec_fn=_enter(cgroup, netns),
+        )
+        hello = self._read()
+        self.pid = hello["pid"]
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"agent {self.name} died (exit code {self.process.poll()})")
+        return json.loads(line)
+
+    def call(self, command: str, **arguments) -> dict:
+        self.process.stdin.write(json.dumps({"command": command, **arguments}) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def listen(self, protocol: str, address: str, port: int = 0) -> int:
+        answer = self.call("listen", protocol=protocol, address=address, port=port)
+        assert answer["ok"], answer
+        return answer["port"]
+
+    def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0) -> dict:
+        return self.call("connect", address=address, port=port, source=source, timeout=timeout)
+
+    def send(self, address: str, port: int, source: str | None = None, timeout: float = 1.0,
+             connected: bool = False) -> dict:
+        return self.call("send", address=address, port=port, source=source, timeout=timeout,
+                         connected=connected)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(json.dumps({"command": "exit"}) + "\n")
+                self.process.stdin.flush()
+                self.process.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            stream.close()

@@ -1,0 +1,73 @@
+"""Shared fixtures. Kernel tests need root and create only throwaway cgroups
+(`ebmesh-test-*`) and network namespaces, removed even when a test fails."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ebmesh.sandbox.places import TEST_PREFIX as PREFIX
+from ebmesh.sandbox.places import throwaway_cgroup
+
+
+def _leftovers() -> list[str]:
+    from ebmesh.runtime.cgroups import cgroup2_mount
+
+    found = [str(p) for p in cgroup2_mount().glob(f"{PREFIX}*")]
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
+    found += [str(p) for p in Path("/sys/fs/bpf").glob(f"{PREFIX}*")]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """After the whole run: no test cgroup, namespace or pin may remain."""
+    yield
+    if os.geteuid() == 0:
+        left = _leftovers()
+        assert not left, f"tests left these behind: {left}"
+
+
+@pytest.fixture
+def root():
+    """Kernel tests run as root; anywhere else they fail loudly rather than skip."""
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root (run `make test` as root)")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.fail("kernel tests need BTF at /sys/kernel/btf/vmlinux")
+
+
+@pytest.fixture
+def cgroup(root):
+    """A throwaway cgroup removed after the test, with whatever ran in it."""
+    with throwaway_cgroup() as path:
+        yield path
+
+
+@pytest.fixture
+def cgroup_tree(root):
+    """A factory: cgroup_tree("a", "b/c") makes a throwaway cgroup with those children."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        yield lambda *children: stack.enter_context(throwaway_cgroup(children))
+
+
+@pytest.fixture
+def spawn(root):
+    """A factory of agents: spawn(cgroup_path, netns=None) -> Agent, all stopped afterwards."""
+    from ebmesh.sandbox import Agent
+
+    started: list[Agent] = []
+
+    def make(cgroup: Path | None = None, netns: str | None = None, name: str = "agent") -> Agent:
+        agent = Agent(cgroup, netns, name)
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in reversed(started):
+        agent.stop()

@@ -1,0 +1,265 @@
+"""L4 allow/deny enforced by the running kernel, with real sockets.
+
+Each workload is a throwaway cgroup with agent processes inside and its own
+loopback address (127.0.N.1); the policy is attached to their parent.
+"""
+from __future__ import annotations
+
+import errno
+import textwrap
+
+import pytest
+
+import ebmesh
+from ebmesh.loader import BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET_INGRESS, query_cgroup
+
+pytestmark = pytest.mark.kernel
+
+CLIENT, SERVER, OTHER, OUTSIDE = "127.0.1.1", "127.0.2.1", "127.0.3.1", "127.0.9.9"
+AT_ONCE = 0.5  # seconds: a denial is a syscall error, never a timeout
+
+
+def mesh(rules: str, *, default: str = "deny", mode: str = "enforce", extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        mesh t {{
+            default {default}
+            mode {mode}
+            workload client {{ cgroup "client" address {CLIENT} }}
+            workload server {{ cgroup "server" address {SERVER} }}
+            workload other  {{ cgroup "other"  address {OTHER} }}
+        {textwrap.indent(textwrap.dedent(extra), "    ")}
+        {textwrap.indent(textwrap.dedent(rules), "    ")}
+        }}
+        """
+    )
+
+
+@pytest.fixture
+def world(cgroup_tree, spawn):
+    """Three workload cgroups with one agent each; the server listens on 8080, 9090, 1000-1002."""
+    root = cgroup_tree("client", "server", "other", "stray", "client/deep/deeper")
+
+    class World:
+        pass
+
+    w = World()
+    w.root = root
+    w.client = spawn(root / "client", name="client")
+    w.server = spawn(root / "server", name="server")
+    w.other = spawn(root / "other", name="other")
+    w.stray = spawn(root / "stray", name="stray")  # under the attach cgroup, in no workload
+    w.deep = spawn(root / "client/deep/deeper", name="deep")
+    w.outside = spawn(None, name="outside")  # not under the attach cgroup at all
+    for port in (8080, 9090, 1000, 1001, 1002, 2000):
+        w.server.listen("tcp", SERVER, port)
+    for port in (5353, 5354):
+        w.server.listen("udp", SERVER, port)
+    return w
+
+
+def attach(world, source: str, **kwargs):
+    return ebmesh.compile(source).attach(world.root, **kwargs)
+
+
+def assert_allowed(result):
+    assert result["ok"], result
+    assert result.get("greeting", "hello\n") in ("hello\n", None) or "reply" in result
+
+
+def assert_denied_at_once(result):
+    assert not result["ok"], result
+    assert result["errno"] == errno.EPERM, errno.errorcode.get(result["errno"])
+    assert result["seconds"] < AT_ONCE, result
+
+
+def test_allow_and_default_deny(world):
+    with attach(world, mesh("allow client -> server port 8080/tcp")):
+        assert_allowed(world.client.connect(SERVER, 8080, source=CLIENT))
+        assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+        assert_denied_at_once(world.other.connect(SERVER, 8080, source=OTHER))
+
+
+def test_default_allow(world):
+    with attach(world, mesh("deny other -> server", default="allow")):
+        assert_allowed(world.client.connect(SERVER, 9090, source=CLIENT))
+        assert_denied_at_once(world.other.connect(SERVER, 9090, source=OTHER))
+
+
+@pytest.mark.parametrize("order", ["deny first", "allow first"])
+def test_deny_beats_allow_whatever_the_order(world, order):
+    allow, deny = "allow client -> server", "deny client -> server port 9090/tcp"
+    rules = f"{deny}\n{allow}" if order == "deny first" else f"{allow}\n{deny}"
+    with attach(world, mesh(rules)):
+        assert_allowed(world.client.connect(SERVER, 8080, source=CLIENT))
+        assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+
+
+def test_unaligned_port_range(world):
+    with attach(world, mesh("allow client -> server port 1001-2000/tcp")):
+        assert_denied_at_once(world.client.connect(SERVER, 1000, source=CLIENT))
+        assert_allowed(world.client.connect(SERVER, 1001, source=CLIENT))
+        assert_allowed(world.client.connect(SERVER, 2000, source=CLIENT))
+        assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+
+
+def test_cidr_with_except(world):
+    rules = "allow client -> 127.0.0.0/16 except 127.0.2.0/24, 127.0.3.0/25 port 8080"
+    for port in (8080,):
+        world.other.listen("tcp", OTHER, port)
+    with attach(world, mesh(rules)):
+        assert_denied_at_once(world.client.connect(SERVER, 8080, source=CLIENT))  # inside an except
+        assert_denied_at_once(world.client.connect(OTHER, 8080, source=CLIENT))
+        world.client.listen("tcp", "127.0.3.200", 8080)
+        assert_allowed(world.client.connect("127.0.3.200", 8080, source=CLIENT))  # outside both excepts
+
+
+def test_a_workload_is_its_cgroup_not_its_address(world):
+    """The sender's cgroup names it, whatever address it binds; at both ends."""
+    with attach(world, mesh("allow client -> server port 8080")):
+        assert_allowed(world.client.connect(SERVER, 8080, source=OUTSIDE))
+        # other borrows client's address: still other, still denied
+        assert_denied_at_once(world.other.connect(SERVER, 8080, source=CLIENT))
+
+
+def test_nested_cgroups_belong_to_their_workload(world):
+    with attach(world, mesh("allow client -> server port 8080")):
+        assert_allowed(world.deep.connect(SERVER, 8080, source=CLIENT))
+
+
+def test_most_specific_workload_cgroup_wins(cgroup_tree, spawn):
+    root = cgroup_tree("team/b", "server")
+    team, inner, server = spawn(root / "team"), spawn(root / "team/b"), spawn(root / "server")
+    server.listen("tcp", SERVER, 8080)
+    source = """
+        mesh t {
+            workload team   { cgroup "team" }
+            workload b      { cgroup "team/b" }
+            workload server { cgroup "server" address 127.0.2.1 }
+            allow b -> server port 8080
+        }
+    """
+    with ebmesh.compile(source).attach(root):
+        assert_allowed(inner.connect(SERVER, 8080))
+        assert_denied_at_once(team.connect(SERVER, 8080))
+
+
+def test_process_in_no_workload_matches_only_any_and_addresses(world):
+    rules = """
+        allow any -> server port 8080
+        allow 127.0.0.0/8 -> server port 9090
+    """
+    with attach(world, mesh(rules)):
+        assert_allowed(world.stray.connect(SERVER, 8080, source="127.0.7.7"))
+        assert_allowed(world.stray.connect(SERVER, 9090, source="127.0.7.7"))
+        assert_denied_at_once(world.stray.connect(SERVER, 1000, source="127.0.7.7"))
+
+
+def test_ingress_judges_traffic_from_outside_the_mesh_by_address(world):
+    """A process outside the attach cgroup has no egress hook: its SYN is dropped at the server."""
+    rules = "allow 127.0.9.0/24 -> server port 8080"
+    with attach(world, mesh(rules)):
+        assert_allowed(world.outside.connect(SERVER, 8080, source=OUTSIDE))
+        refused = world.outside.connect(SERVER, 8080, source="127.0.8.8", timeout=1.0)
+        assert not refused["ok"] and refused["errno"] == errno.ETIMEDOUT, refused
+
+
+def test_receiver_known_only_by_cgroup_is_judged_at_connect(world):
+    """The server has no address: only its listening socket's cgroup names it.
+    Egress finds it, so the denial is EPERM at connect, not a dropped SYN."""
+    source = f"""
+        mesh t {{
+            workload client {{ cgroup "client" }}
+            workload server {{ cgroup "server" }}
+            allow client -> 127.0.2.0/24
+            deny client -> server port 9090
+        }}
+    """
+    with attach(world, source):
+        assert_allowed(world.client.connect(SERVER, 8080))
+        assert_denied_at_once(world.client.connect(SERVER, 9090))
+
+
+def test_udp_send_and_reply(world):
+    with attach(world, mesh("allow client -> server port 5353/udp")):
+        answer = world.client.send(SERVER, 5353, source=CLIENT)
+        assert answer["ok"] and answer["reply"] == "echo:ping", answer
+        assert_denied_at_once(world.client.send(SERVER, 5354, source=CLIENT))
+        assert_denied_at_once(world.client.send(SERVER, 5354, source=CLIENT, connected=True))
+        assert_denied_at_once(world.client.connect(SERVER, 5353, source=CLIENT))  # TCP not allowed
+
+
+def test_udp_ingress_from_outside_is_dropped_unless_allowed(world):
+    with attach(world, mesh("allow 127.0.9.0/24 -> server port 5353/udp")):
+        assert world.outside.send(SERVER, 5353, source=OUTSIDE)["reply"] == "echo:ping"
+        assert world.outside.send(SERVER, 5353, source="127.0.8.8", timeout=0.5)["reply"] is None
+
+
+def test_audit_rule_reports_and_does_not_enforce(world):
+    rules = """
+        allow client -> server
+        deny client -> server port 8080 audit
+    """
+    with attach(world, mesh(rules)) as attachment:
+        assert_allowed(world.client.connect(SERVER, 8080, source=CLIENT))
+        events = [e for e in attachment.events(timeout=1.0) if e.direction == "egress"]
+        assert events and events[0].verdict == "allow"
+        assert events[0].rule_id == 1 and events[0].audit_rule_id == 2
+        assert attachment.counters()[2].audited >= 1
+
+
+def test_mode_audit_lets_denials_through_and_reports_them(world):
+    with attach(world, mesh("allow client -> server port 8080", mode="audit")) as attachment:
+        assert_allowed(world.client.connect(SERVER, 9090, source=CLIENT))
+        events = [e for e in attachment.events(timeout=1.0) if e.direction == "egress"]
+        assert events[0].verdict == "allow" and events[0].would_deny and events[0].rule_id == 0
+
+
+def test_events_name_the_rule_and_its_line(world):
+    source = mesh("allow client -> server port 8080\ndeny client -> server port 9090")
+    line_of_deny = next(n for n, text in enumerate(source.splitlines(), 1) if text.strip().startswith("deny"))
+    with attach(world, source) as attachment:
+        world.client.connect(SERVER, 9090, source=CLIENT)
+        event = next(e for e in attachment.events(timeout=2.0) if e.verdict == "deny")
+        assert (event.direction, event.protocol, event.dst_port) == ("egress", "tcp", 9090)
+        assert (event.src_name, event.dst_name) == ("client", "server")
+        assert str(event.src_address) == CLIENT and str(event.dst_address) == SERVER
+        assert event.rule_id == 2 and event.rule.line == line_of_deny
+        assert "deny client -> server port 9090" in event.rule.text
+        assert "DENY" in str(event) and f":{line_of_deny}" in str(event)
+
+
+def test_counters_count_each_deciding_rule(world):
+    with attach(world, mesh("allow client -> server port 8080")) as attachment:
+        for _ in range(3):
+            world.client.connect(SERVER, 8080, source=CLIENT)
+        world.client.connect(SERVER, 9090, source=CLIENT)
+        counters = attachment.counters()
+        assert counters[1].decided == 6  # three connects, each at egress and at ingress
+        assert counters[0].decided == 1  # the default denied one
+
+
+def test_detach_restores_traffic_and_leaves_nothing_attached(world):
+    attachment = attach(world, mesh("allow client -> server port 8080"))
+    assert query_cgroup(world.root, BPF_CGROUP_INET4_CONNECT)
+    assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+    attachment.detach()
+    assert_allowed(world.client.connect(SERVER, 9090, source=CLIENT))
+    assert query_cgroup(world.root, BPF_CGROUP_INET4_CONNECT) == []
+    assert query_cgroup(world.root, BPF_CGROUP_INET_INGRESS) == []
+    attachment.detach()  # idempotent
+
+
+def test_refuses_the_root_cgroup(root):
+    compiled = ebmesh.compile(mesh("allow any -> any"))
+    with pytest.raises(ebmesh.AttachError, match="root cgroup"):
+        compiled.attach("/sys/fs/cgroup/unified")
+    with pytest.raises(ebmesh.AttachError, match="root cgroup"):
+        compiled.attach("")
+
+
+def test_missing_workload_cgroup_is_an_error(cgroup):
+    compiled = ebmesh.compile(mesh("allow client -> server"))
+    with pytest.raises(ebmesh.AttachError, match="client"):
+        compiled.attach(cgroup)
+    assert query_cgroup(cgroup, BPF_CGROUP_INET4_CONNECT) == []
