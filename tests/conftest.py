@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from ebmesh.sandbox.places import TEST_PREFIX as PREFIX
+from ebmesh.sandbox import places
 from ebmesh.sandbox.places import throwaway_cgroup
-
-
-def _leftovers() -> list[str]:
-    from ebmesh.runtime.cgroups import cgroup2_mount
-
-    found = [str(p) for p in cgroup2_mount().glob(f"{PREFIX}*")]
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
-    found += [str(p) for p in Path("/sys/fs/bpf").glob(f"{PREFIX}*")]
-    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
-    """After the whole run: no test cgroup, namespace or pin may remain."""
+    """After the whole run: no cgroup or namespace this run made may remain."""
     yield
-    if os.geteuid() == 0:
-        left = _leftovers()
-        assert not left, f"tests left these behind: {left}"
+    left = places.leftovers()
+    assert not left, f"tests left these behind: {left}"
 
 
 @pytest.fixture

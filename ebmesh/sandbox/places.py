@@ -17,6 +17,10 @@ from ebmesh.runtime.cgroups import cgroup2_mount
 
 TEST_PREFIX = "ebmesh-test-"
 
+# Everything this process created, so a caller can check that all of it is gone.
+created_cgroups: list[Path] = []
+created_namespaces: list[str] = []
+
 
 def _unique(kind: str, prefix: str) -> str:
     return f"{prefix}{kind}-{uuid.uuid4().hex[:8]}"
@@ -46,6 +50,7 @@ def throwaway_cgroup(children: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
     """A fresh cgroup under the cgroup2 mount, with `children` (paths like "a/b") made below it."""
     root = cgroup2_mount() / _unique("cg", prefix)
     root.mkdir()
+    created_cgroups.append(root)
     try:
         for child in children:
             (root / child).mkdir(parents=True, exist_ok=True)
@@ -64,6 +69,7 @@ def throwaway_netns(addresses: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
     """A fresh network namespace with loopback up and `addresses` (CIDRs) on lo."""
     name = _unique("ns", prefix)
     ip("netns", "add", name)
+    created_namespaces.append(name)
     try:
         ip("link", "set", "lo", "up", namespace=name)
         for address in addresses:
@@ -82,3 +88,9 @@ def veth_pair(left_ns: str, left_address: str, right_ns: str, right_address: str
         ip("address", "add", address, "dev", device, *(["nodad"] if ":" in address else []), namespace=namespace)
         ip("link", "set", device, "up", namespace=namespace)
     yield
+
+
+def leftovers() -> list[str]:
+    """What this process created and is still there."""
+    namespaces = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    return [str(p) for p in created_cgroups if p.exists()] + [n for n in created_namespaces if n in namespaces]
