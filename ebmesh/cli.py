@@ -87,8 +87,9 @@ def cmd_apply(args) -> int:
     def request_stop(signum, frame):
         stop["requested"] = True
 
-    previous = signal.signal(signal.SIGTERM, request_stop)
     attachment = compiled.attach(args.cgroup, force=args.force, events=args.events)
+    # Only once attached: a refused attach must not leave SIGTERM swallowed.
+    previous = signal.signal(signal.SIGTERM, request_stop)
     try:
         print(f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches", file=sys.stderr, flush=True)
         while not stop["requested"]:
@@ -97,9 +98,11 @@ def cmd_apply(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        counters = attachment.counters()
-        attachment.detach()
-        signal.signal(signal.SIGTERM, previous)
+        try:
+            counters = attachment.counters()
+        finally:  # detach whatever happened reading the counters
+            attachment.detach()
+            signal.signal(signal.SIGTERM, previous)
     print(f"ebmesh: detached from {attachment.cgroup}", file=sys.stderr)
     for count in counters.values():
         if count.decided or count.audited:

@@ -15,7 +15,7 @@ _BOTH = frozenset(model.Protocol)
 class _Lowering:
     def __init__(self, tree: ast.PolicyFile):
         self.tree = tree
-        self.lines = tree.text.splitlines()
+        self.lines = tree.text.split("\n")  # lines as the parser counts them: on \n only
         self.identities: dict[str, int] = {}
 
     def origin(self, span: ast.Span | None) -> model.SourceRef | None:

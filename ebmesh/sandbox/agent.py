@@ -91,6 +91,38 @@ def connect(address: str, port: int, source: str | None = None, timeout: float =
         sock.close()
 
 
+def connect_many(address: str, port: int, count: int, source: str | None = None, timeout: float = 2.0,
+                 read: bool = True) -> dict:
+    """`count` TCP connects in a loop, here in the agent (no JSON round trip per
+    connect): each binds `source` if given, connects, reads the greeting if
+    `read`, and closes. For benchmarks: returns how many succeeded, the errnos
+    of the others, and the wall time of the whole loop."""
+    family = _family(address)
+    target = (address, port)
+    bind_to = (source, 0) if source else None
+    succeeded = 0
+    errnos: dict[str, int] = {}
+    started = time.monotonic()
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            if bind_to is not None:
+                sock.bind(bind_to)
+            sock.connect(target)
+            if read:
+                sock.recv(64)
+            succeeded += 1
+        except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
+            errnos[str(errno.ETIMEDOUT)] = errnos.get(str(errno.ETIMEDOUT), 0) + 1
+        except OSError as exc:
+            errnos[str(exc.errno)] = errnos.get(str(exc.errno), 0) + 1
+        finally:
+            sock.close()
+    return {"ok": succeeded == count, "count": count, "succeeded": succeeded, "errnos": errnos,
+            "seconds": time.monotonic() - started}
+
+
 def send(address: str, port: int, source: str | None = None, timeout: float = 1.0,
          connected: bool = False, payload: str = "ping") -> dict:
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
@@ -127,7 +159,8 @@ def close(id: int) -> dict:
     return {"ok": True}
 
 
-COMMANDS = {"listen": listen, "connect": connect, "send": send, "accepted": accepted, "close": close}
+COMMANDS = {"listen": listen, "connect": connect, "connect_many": connect_many, "send": send,
+            "accepted": accepted, "close": close}
 
 
 def main() -> None:

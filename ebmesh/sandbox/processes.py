@@ -1,27 +1,19 @@
 """Agents: test processes placed in a cgroup and maybe a network namespace."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
 _ROOT = Path(__file__).resolve().parents[2]  # so `-m ebmesh.sandbox.agent` works from a checkout
 
 
-def _enter(cgroup: Path | None, netns: str | None):
-    """Runs in the child between fork and exec: join the namespace, then the cgroup."""
+def _join(cgroup: Path | None):
+    """Runs in the child between fork and exec: join the cgroup (children inherit it)."""
 
     def prepare():
-        if netns is not None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                os._exit(97)
-            os.close(fd)
         if cgroup is not None:
             with open(cgroup / "cgroup.procs", "w") as procs:
                 procs.write(str(os.getpid()))
@@ -35,13 +27,15 @@ class Agent:
     def __init__(self, cgroup: Path | None = None, netns: str | None = None, name: str = "agent"):
         self.name = name
         self.cgroup = cgroup
+        # nsenter --net, not `ip netns exec`: the latter remounts /sys and hides the cgroup2 mount.
+        enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ebmesh.sandbox.agent"],
+            [*enter, sys.executable, "-m", "ebmesh.sandbox.agent"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=_ROOT,
-            preexec_fn=_enter(cgroup, netns),
+            preexec_fn=_join(cgroup),
         )
         hello = self._read()
         self.pid = hello["pid"]
@@ -64,6 +58,12 @@ class Agent:
 
     def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0) -> dict:
         return self.call("connect", address=address, port=port, source=source, timeout=timeout)
+
+    def connect_many(self, address: str, port: int, count: int, source: str | None = None,
+                     timeout: float = 2.0, read: bool = True) -> dict:
+        """`count` connects in a loop inside the agent: {succeeded, errnos, seconds, ...}."""
+        return self.call("connect_many", address=address, port=port, count=count, source=source,
+                         timeout=timeout, read=read)
 
     def send(self, address: str, port: int, source: str | None = None, timeout: float = 1.0,
              connected: bool = False) -> dict:

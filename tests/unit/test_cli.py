@@ -1,0 +1,453 @@
+"""The `ebmesh` command, run as a user runs it: a separate process, through
+`python -m ebmesh` and through the console script pip installed in the venv.
+
+Exit codes (ebmesh/cli.py): 0 ok, 1 the policy has errors, 2 usage or
+environment. The tests marked `kernel` load and attach for real, only ever to
+throwaway `ebmesh-test-*` cgroups (the `cgroup_tree` fixture), except one that
+checks `apply` refuses the root cgroup, with a policy that allows everything
+should that refusal ever break.
+"""
+from __future__ import annotations
+
+import errno
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from ebmesh.cli import UsageError, parse_destination
+from ebmesh.loader import (
+    BPF_CGROUP_INET4_CONNECT,
+    BPF_CGROUP_INET6_CONNECT,
+    BPF_CGROUP_INET_EGRESS,
+    BPF_CGROUP_INET_INGRESS,
+    BPF_CGROUP_UDP4_SENDMSG,
+    BPF_CGROUP_UDP6_SENDMSG,
+    query_cgroup,
+)
+from ebmesh.toolchain.inspect import inspect_object
+
+REPO = Path(__file__).resolve().parents[2]
+SHOP = REPO / "examples" / "shop.mesh"
+VENV_BIN = Path(sys.executable).parent
+CONSOLE_SCRIPT = VENV_BIN / "ebmesh"
+
+LAUNCHERS = {
+    "python -m ebmesh": [sys.executable, "-m", "ebmesh"],
+    "console script": [str(CONSOLE_SCRIPT)],
+}
+ATTACH_TYPES = (
+    BPF_CGROUP_INET_INGRESS,
+    BPF_CGROUP_INET_EGRESS,
+    BPF_CGROUP_INET4_CONNECT,
+    BPF_CGROUP_INET6_CONNECT,
+    BPF_CGROUP_UDP4_SENDMSG,
+    BPF_CGROUP_UDP6_SENDMSG,
+)
+PROGRAMS = ("ebmesh_connect4", "ebmesh_connect6", "ebmesh_sendmsg4", "ebmesh_sendmsg6", "ebmesh_ingress",
+            "ebmesh_egress", "ebmesh_evaluate")
+MAPS = ("address_prefixes", "class_links", "rule_pairs", "port_intervals", "cgroup_workloads", "identities",
+        "services", "flows", "udp_replies", "authenticated_pairs", "rule_counters", "verdict_events", "lost_events")
+
+
+def run_ebmesh(*arguments, launcher="python -m ebmesh", timeout=120, **options):
+    """`ebmesh ARGS...` in a process of its own; the CompletedProcess."""
+    if launcher == "console script" and not CONSOLE_SCRIPT.exists():
+        pytest.fail(f"no console script at {CONSOLE_SCRIPT}: run `pip install -e .` (make setup)")
+    return subprocess.run([*LAUNCHERS[launcher], *map(str, arguments)], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, stdin=subprocess.DEVNULL, **options)
+
+
+@pytest.fixture(params=sorted(LAUNCHERS))
+def ebmesh_cmd(request):
+    """Runs `ebmesh ARGS...` one way, then the other (the test runs once per launcher)."""
+    return lambda *arguments, **options: run_ebmesh(*arguments, launcher=request.param, **options)
+
+
+def line_of(path: Path, fragment: str) -> int:
+    """The 1-based line of the file holding `fragment` (found by text, not by the compiler)."""
+    (number,) = [n for n, text in enumerate(path.read_text().split("\n"), 1) if fragment in text]
+    return number
+
+
+BROKEN = """\
+mesh t {
+    workload frontend { cgroup "f" }
+    allow frontnd -> any port 80
+    allow frontend -> any port 99999
+}
+"""
+
+
+# ---- check -------------------------------------------------------------------
+
+
+def test_check_ok(ebmesh_cmd):
+    result = ebmesh_cmd("check", "examples/shop.mesh")
+    assert result.returncode == 0, result.stderr
+    assert "examples/shop.mesh: ok" in result.stdout
+    assert "3 workloads" in result.stdout and "7 rules" in result.stdout
+    assert result.stderr == ""
+
+
+def test_check_broken_reports_every_error_where_it_is(ebmesh_cmd, tmp_path):
+    policy = tmp_path / "broken.mesh"
+    policy.write_text(BROKEN)
+    result = ebmesh_cmd("check", policy)
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    # FILE:LINE:COLUMN of each mistake, counted by hand from BROKEN above.
+    assert f"{policy}:3:11: unknown name 'frontnd'" in result.stderr
+    assert "did you mean 'frontend'?" in result.stderr
+    assert re.search(rf"^{re.escape(str(policy))}:4:\d+: .*99999", result.stderr, re.M)
+    lines = result.stderr.split("\n")
+    # The source line (indented by 4), then a caret under the spot: column 11, 7 characters.
+    shown = lines.index("    " + BROKEN.split("\n")[2])
+    assert lines[shown + 1] == "    " + " " * 10 + "^~~~~~~"
+    assert "Traceback" not in result.stderr
+
+
+def test_check_missing_file(ebmesh_cmd, tmp_path):
+    result = ebmesh_cmd("check", tmp_path / "nowhere.mesh")
+    assert result.returncode == 2
+    assert "no policy file at" in result.stderr and "nowhere.mesh" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_a_directory_is_not_a_policy(ebmesh_cmd, tmp_path):
+    result = ebmesh_cmd("check", tmp_path)
+    assert result.returncode == 2 and "no policy file" in result.stderr
+
+
+# ---- compile -----------------------------------------------------------------
+
+
+def test_compile_writes_the_object_and_the_c(ebmesh_cmd, tmp_path):
+    output, generated = tmp_path / "out" / "shop.o", tmp_path / "generated"
+    output.parent.mkdir()
+    result = ebmesh_cmd("compile", SHOP, "-o", output, "--emit-c", generated)
+    assert result.returncode == 0, result.stderr
+    assert f"compiled to {output}" in result.stderr
+
+    data = output.read_bytes()
+    assert data[:4] == b"\x7fELF"
+    with output.open("rb") as stream:
+        assert ELFFile(stream)["e_machine"] == "EM_BPF"
+    assert sorted(p.name for p in inspect_object(data).programs) == sorted(PROGRAMS)
+
+    assert sorted(p.name for p in generated.iterdir()) == ["ebmesh.bpf.c", "policy.h"]
+    assert (generated / "ebmesh.bpf.c").read_text() == (REPO / "bpf_src" / "ebmesh.bpf.c").read_text()
+    header = (generated / "policy.h").read_text()
+    assert "#define POLICY_DEFAULT_VERDICT VERDICT_DENY" in header
+    assert "#define POLICY_RULE_COUNT 7" in header
+    assert f":{line_of(SHOP, 'deny  frontend -> 10.0.2.0/24')} " in header
+
+
+def test_compile_default_output_and_header_on_stdout(ebmesh_cmd, tmp_path):
+    policy = tmp_path / "tiny.mesh"
+    policy.write_text("mesh tiny {\n    default allow\n    deny any -> 10.0.0.0/8 port 25\n}\n")
+    result = ebmesh_cmd("compile", policy, "--emit-c")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tiny.o").read_bytes()[:4] == b"\x7fELF"  # FILE with .o
+    assert "#define POLICY_DEFAULT_VERDICT VERDICT_ALLOW" in result.stdout
+    assert "rule 1" in result.stdout
+
+
+def test_compile_inspect_lists_programs_and_maps(ebmesh_cmd, tmp_path):
+    result = ebmesh_cmd("compile", SHOP, "-o", tmp_path / "shop.o", "--inspect")
+    assert result.returncode == 0, result.stderr
+    listing = result.stdout
+    assert "programs:" in listing and "maps:" in listing
+    section = listing.split("programs:")[1].split("maps:")[0]
+    for name in PROGRAMS:
+        assert re.search(rf"^\s+{name}\s", section, re.M), name
+    maps = listing.split("maps:")[1]
+    for name in MAPS:
+        assert re.search(rf"^\s+{name}\s", maps, re.M), name
+    assert re.search(r"^\s+verdict_events\s+ringbuf\s", maps, re.M)
+    assert re.search(r"^\s+flows\s+lru_hash\s", maps, re.M)
+    assert "decide" in listing
+
+
+def test_compile_a_broken_policy_writes_nothing(ebmesh_cmd, tmp_path):
+    policy = tmp_path / "broken.mesh"
+    policy.write_text(BROKEN)
+    result = ebmesh_cmd("compile", policy, "-o", tmp_path / "x.o", "--emit-c", tmp_path / "c")
+    assert result.returncode == 1
+    assert f"{policy}:3:11:" in result.stderr
+    assert not (tmp_path / "x.o").exists() and not (tmp_path / "c").exists()
+
+
+# ---- usage -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        [],
+        ["frobnicate"],
+        ["check"],
+        ["check", "examples/shop.mesh", "extra"],
+        ["compile"],
+        ["compile", "examples/shop.mesh", "--bogus"],
+        ["apply", "examples/shop.mesh"],  # no --cgroup
+        ["apply", "examples/shop.mesh", "--cgroup", "x", "--events", "loud"],
+        ["explain", "examples/shop.mesh", "--to", "10.0.0.1:80"],  # no --from
+    ],
+    ids=lambda a: " ".join(a) or "nothing",
+)
+def test_usage_errors_exit_2(ebmesh_cmd, arguments):
+    result = ebmesh_cmd(*arguments)
+    assert result.returncode == 2, result
+    assert "usage: ebmesh" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_exits_0(ebmesh_cmd):
+    result = ebmesh_cmd("--help")
+    assert result.returncode == 0
+    for command in ("check", "compile", "apply", "explain"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10.0.2.10:8080/tcp", ("10.0.2.10", 8080, "tcp")),
+        ("10.0.2.10:53/udp", ("10.0.2.10", 53, "udp")),
+        ("10.0.2.10:8080", ("10.0.2.10", 8080, "tcp")),
+        ("[fd00::1]:80/udp", ("fd00::1", 80, "udp")),
+        ("api:8080/tcp", ("api", 8080, "tcp")),
+        ("api-svc", ("api-svc", None, "tcp")),
+    ],
+)
+def test_parse_destination(text, expected):
+    assert parse_destination(text) == expected
+
+
+@pytest.mark.parametrize("text", ["10.0.2.10:", "fd00::1:80", "[fd00::1]", "a b", "10.0.0.1:80/icmp", ":80", ""])
+def test_parse_destination_rejects(text):
+    with pytest.raises(UsageError):
+        parse_destination(text)
+
+
+# ---- kernel: explain ----------------------------------------------------------------
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    "source, destination, expected",
+    [
+        # The contract's meaning: rule 2 allows frontend -> api:8080/tcp only with mTLS,
+        # and no pair is authenticated yet.
+        ("frontend", "10.0.2.10:8080/tcp", ("DENY", 2, "allow frontend -> api port 8080/tcp mtls")),
+        ("frontend", "api-svc", ("ALLOW", 1, "allow frontend -> api-svc")),
+        ("-", "10.53.0.1:53/udp", ("ALLOW", 4, "allow any -> 10.53.0.0/16")),
+        ("api", "10.0.4.1:22/tcp", ("DENY", 6, "deny  api -> 10.0.0.0/8 except")),
+    ],
+    ids=["mtls", "service", "dns", "except"],
+)
+def test_explain_names_the_deciding_rule_and_its_line(root, source, destination, expected):
+    verdict, rule_id, fragment = expected
+    result = run_ebmesh("explain", "examples/shop.mesh", "--from", source, "--to", destination)
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.split("\n")[0]
+    assert first.startswith(f"{verdict} ")
+    assert f"decided by rule {rule_id} at examples/shop.mesh:{line_of(SHOP, fragment)}:" in first
+    if rule_id == 2:
+        assert "mTLS is required and the pair is not authenticated" in result.stdout
+
+
+@pytest.mark.kernel
+def test_explain_the_default(root):
+    result = run_ebmesh("explain", "examples/shop.mesh", "--from", "api", "--to", "10.0.4.1:5432/tcp")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DENY api -> 10.0.4.1:5432/tcp, decided by the default (deny)")
+
+
+@pytest.mark.kernel
+def test_explain_bad_destination_is_a_usage_error(root):
+    result = run_ebmesh("explain", "examples/shop.mesh", "--from", "frontend", "--to", "nowhere:x")
+    assert result.returncode == 2
+    assert "--to wants ADDR:PORT/PROTO" in result.stderr
+
+
+# ---- kernel: apply -----------------------------------------------------------------
+
+CLIENT, SERVER = "127.0.1.1", "127.0.2.1"
+LOOPBACK_POLICY = f"""\
+mesh loop {{
+    workload client {{ cgroup "client" address {CLIENT} }}
+    workload server {{ cgroup "server" address {SERVER} }}
+    allow client -> server port 8080/tcp
+}}
+"""
+
+
+class Lines:
+    """Lines of a child's stream, collected by a thread so that reads can time out."""
+
+    def __init__(self, stream):
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream):
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, predicate, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        for line in self.seen:
+            if predicate(line):
+                return line
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no such line within {timeout}s; saw {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"stream ended; saw {self.seen}")
+            self.seen.append(line)
+            if predicate(line):
+                return line
+
+    def rest(self, timeout: float = 5.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return self.seen
+            if line is None:
+                return self.seen
+            self.seen.append(line)
+
+
+def attached_programs(cgroup) -> dict:
+    return {attach_type.name: query_cgroup(cgroup, attach_type) for attach_type in ATTACH_TYPES}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("stop_signal, launcher", [(signal.SIGINT, "console script"), (signal.SIGTERM, "python -m ebmesh")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_path, stop_signal, launcher):
+    root = cgroup_tree("client", "server")
+    assert root.name.startswith("ebmesh-test-")
+    server, client = spawn(root / "server", name="server"), spawn(root / "client", name="client")
+    server.listen("tcp", SERVER, 8080)
+    server.listen("tcp", SERVER, 9090)
+    policy = tmp_path / "loop.mesh"
+    policy.write_text(LOOPBACK_POLICY)
+    allow_line = line_of(policy, "allow client -> server")
+
+    process = subprocess.Popen([*LAUNCHERS[launcher], "apply", str(policy), "--cgroup", str(root)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out, err = Lines(process.stdout), Lines(process.stderr)
+        started = err.wait_for(lambda line: "attached to" in line, timeout=60)
+        assert str(root) in started and "Ctrl-C detaches" in started
+        assert all(attached_programs(root).values()), "apply said attached, the kernel disagrees"
+
+        assert client.connect(SERVER, 8080, source=CLIENT)["ok"]
+        denied = client.connect(SERVER, 9090, source=CLIENT)
+        assert not denied["ok"] and denied["errno"] == errno.EPERM
+
+        allowed = out.wait_for(lambda line: "egress" in line and f"{SERVER}:8080" in line, timeout=10)
+        assert re.search(rf"tcp client {CLIENT}:\d+ -> server {SERVER}:8080 +ALLOW by rule 1 \(\S+:{allow_line}\)",
+                         allowed), allowed
+        refused = out.wait_for(lambda line: f"{SERVER}:9090" in line, timeout=10)
+        assert "DENY by the default" in refused
+        out.wait_for(lambda line: "ingress" in line and f"{SERVER}:8080" in line, timeout=10)
+
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=20) == 0, err.rest()
+        errors = err.rest()
+        assert any(f"detached from {root}" in line for line in errors), errors
+        assert any(re.search(r"rule 1 \(.*\): decided 2, audited 0", line) for line in errors), errors
+        assert any("default: decided 1" in line for line in errors), errors
+        assert not any("Traceback" in line for line in errors), errors
+    finally:
+        if process.poll() is None:
+            process.kill()  # its links die with its file descriptors
+            process.wait()
+    assert attached_programs(root) == {name: [] for name in attached_programs(root)}
+    assert client.connect(SERVER, 9090, source=CLIENT)["ok"]  # the policy is gone
+
+
+HARMLESS = 'mesh harmless {\n    default allow\n    workload nobody { address 192.0.2.1 }\n}\n'
+
+
+@pytest.mark.kernel
+def test_apply_refuses_the_root_cgroup(root, cgroup, ebmesh_cmd, tmp_path):
+    """`ebmesh apply` never attaches to the root cgroup without --force: the
+    library refuses (ebmesh/runtime/cgroups.refuse_root) before it loads
+    anything. The policy allows everything, so even a broken refusal could
+    not cut this machine off; the check is that nothing was attached at all."""
+    from ebmesh.runtime.cgroups import cgroup2_mount
+
+    mount = cgroup2_mount()
+    policy = tmp_path / "harmless.mesh"
+    policy.write_text(HARMLESS)
+    before = attached_programs(mount)
+    # Every spelling of the root: absolute, relative, empty, and `..` out of a child.
+    for spelling in (str(mount), ".", "", f"{cgroup}/.."):
+        result = ebmesh_cmd("apply", policy, "--cgroup", spelling, timeout=60)
+        assert result.returncode == 2, (spelling, result)
+        assert "refusing to attach to the root cgroup" in result.stderr, (spelling, result.stderr)
+        assert "attached to" not in result.stderr
+        assert attached_programs(mount) == before
+
+
+@pytest.mark.kernel
+def test_apply_outside_the_hierarchy_and_missing_workloads(root, cgroup, tmp_path):
+    policy = tmp_path / "loop.mesh"
+    policy.write_text(LOOPBACK_POLICY)
+    result = run_ebmesh("apply", policy, "--cgroup", "/tmp", timeout=60)
+    assert result.returncode == 2 and "not inside the cgroup v2 hierarchy" in result.stderr
+    result = run_ebmesh("apply", policy, "--cgroup", cgroup, timeout=60)  # no client/ or server/ below it
+    assert result.returncode == 2 and "workload cgroups missing" in result.stderr
+    assert attached_programs(cgroup) == {name: [] for name in attached_programs(cgroup)}
+
+
+@pytest.mark.kernel
+def test_in_process_refusal_leaves_sigterm_alone(root, tmp_path):
+    """A refused `apply` run through cli.main() must not leave SIGTERM swallowed."""
+    from ebmesh import cli
+    from ebmesh.runtime.cgroups import cgroup2_mount
+
+    policy = tmp_path / "harmless.mesh"
+    policy.write_text(HARMLESS)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["apply", str(policy), "--cgroup", str(cgroup2_mount())]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+NOT_ROOT = """
+import os, sys
+from ebmesh import cli
+cli.build_parser().parse_args(sys.argv[1:]).run.__name__  # argparse's lazy imports, while root can read them
+os.setgroups([]); os.setegid(65534); os.seteuid(65534)  # nobody from here on
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.kernel
+def test_apply_without_root_says_so(root, cgroup):
+    """As `nobody` (the Python runtime lives under /root, so the child drops its
+    effective ids only once it has started), `apply` and `explain` say what
+    they need and exit 2."""
+    for arguments in (("apply", SHOP, "--cgroup", cgroup), ("explain", SHOP, "--from", "api", "--to", "api-svc")):
+        result = subprocess.run([sys.executable, "-c", NOT_ROOT, *map(str, arguments)], capture_output=True,
+                                text=True, cwd=REPO, timeout=60)
+        assert result.returncode == 2, result
+        assert "needs root" in result.stderr and "sudo" in result.stderr
+    assert attached_programs(cgroup) == {name: [] for name in attached_programs(cgroup)}
