@@ -282,7 +282,7 @@ int ebmesh_egress(struct __sk_buff *skb)
 	struct bpf_sock *sk;
 	__u64 now;
 
-	if (!read_packet(skb, &packet))
+	if (read_packet(skb, &packet) != PACKET_L4)
 		return PACKET_PASS;
 	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
 		return PACKET_PASS;
@@ -319,8 +319,14 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	struct flow_record *sender;
 	struct bpf_sock *sk;
 
-	if (!read_packet(skb, &packet))
-		return PACKET_PASS;
+	switch (read_packet(skb, &packet)) {
+	case PACKET_L4:
+		break;
+	case PACKET_NOT_L4:
+		return PACKET_PASS; /* not L4 policy's business */
+	default:
+		return PACKET_DROP;
+	}
 	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
 		return PACKET_PASS;
 	sk = skb->sk;

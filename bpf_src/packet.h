@@ -8,14 +8,26 @@
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
 
+/* IPv6 next-header values of extension headers (uapi macros, not in vmlinux.h). */
+#define IPV6_NEXT_HOP_BY_HOP 0
+#define IPV6_NEXT_ROUTING 43
+#define IPV6_NEXT_FRAGMENT 44
+#define IPV6_NEXT_DESTINATION 60
+#define MAX_IPV6_EXTENSION_HEADERS 6
+
 struct packet {
 	struct flow_key key; /* addresses and ports in network byte order */
 	__u8 tcp_flags;
 };
 
-/* Fills `packet` for TCP and UDP over IPv4/IPv6; false for anything else
- * (other protocols, IPv6 extension headers, fragments after the first). */
-static __always_inline bool read_packet(struct __sk_buff *skb, struct packet *packet)
+enum packet_kind {
+	PACKET_L4,         /* TCP or UDP with its ports: L4 policy applies */
+	PACKET_NOT_L4,     /* another protocol, or a fragment after the first */
+	PACKET_UNREADABLE, /* headers that cannot be walked: treated as hostile */
+};
+
+/* Fills `packet` for TCP and UDP over IPv4/IPv6. */
+static __always_inline enum packet_kind read_packet(struct __sk_buff *skb, struct packet *packet)
 {
 	__u32 l4_offset;
 	__u8 protocol;
@@ -25,9 +37,9 @@ static __always_inline bool read_packet(struct __sk_buff *skb, struct packet *pa
 		struct iphdr ip;
 
 		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
-			return false;
+			return PACKET_UNREADABLE;
 		if (ip.frag_off & bpf_htons(0x1fff)) /* not the first fragment: no ports */
-			return false;
+			return PACKET_NOT_L4;
 		protocol = ip.protocol;
 		packet->key.family = FAMILY_IPV4;
 		packet->key.saddr[0] = ip.saddr;
@@ -37,14 +49,41 @@ static __always_inline bool read_packet(struct __sk_buff *skb, struct packet *pa
 		struct ipv6hdr ip6;
 
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
-			return false;
-		protocol = ip6.nexthdr;
+			return PACKET_UNREADABLE;
 		packet->key.family = FAMILY_IPV6;
 		__builtin_memcpy(packet->key.saddr, &ip6.saddr, 16);
 		__builtin_memcpy(packet->key.daddr, &ip6.daddr, 16);
 		l4_offset = sizeof(ip6);
+		protocol = ip6.nexthdr;
+		/* Step over extension headers: a TCP SYN behind a destination
+		 * options header must not escape the policy. */
+		for (int i = 0; i < MAX_IPV6_EXTENSION_HEADERS; i++) {
+			struct ipv6_opt_hdr extension;
+
+			if (protocol == IPV6_NEXT_FRAGMENT) {
+				struct frag_hdr fragment;
+
+				if (bpf_skb_load_bytes(skb, l4_offset, &fragment, sizeof(fragment)))
+					return PACKET_UNREADABLE;
+				if (fragment.frag_off & bpf_htons(0xfff8))
+					return PACKET_NOT_L4; /* not the first fragment: no ports */
+				protocol = fragment.nexthdr;
+				l4_offset += sizeof(fragment);
+				continue;
+			}
+			if (protocol != IPV6_NEXT_HOP_BY_HOP && protocol != IPV6_NEXT_ROUTING &&
+			    protocol != IPV6_NEXT_DESTINATION)
+				break;
+			if (bpf_skb_load_bytes(skb, l4_offset, &extension, sizeof(extension)))
+				return PACKET_UNREADABLE;
+			protocol = extension.nexthdr;
+			l4_offset += (extension.hdrlen + 1) * 8;
+		}
+		if (protocol == IPV6_NEXT_HOP_BY_HOP || protocol == IPV6_NEXT_ROUTING ||
+		    protocol == IPV6_NEXT_DESTINATION || protocol == IPV6_NEXT_FRAGMENT)
+			return PACKET_UNREADABLE;
 	} else {
-		return false;
+		return PACKET_NOT_L4;
 	}
 
 	packet->key.protocol = protocol;
@@ -52,22 +91,22 @@ static __always_inline bool read_packet(struct __sk_buff *skb, struct packet *pa
 		struct tcphdr tcp;
 
 		if (bpf_skb_load_bytes(skb, l4_offset, &tcp, sizeof(tcp)))
-			return false;
+			return PACKET_UNREADABLE;
 		packet->key.sport = tcp.source;
 		packet->key.dport = tcp.dest;
 		packet->tcp_flags = ((__u8 *)&tcp)[13];
-		return true;
+		return PACKET_L4;
 	}
 	if (protocol == IPPROTO_UDP) {
 		struct udphdr udp;
 
 		if (bpf_skb_load_bytes(skb, l4_offset, &udp, sizeof(udp)))
-			return false;
+			return PACKET_UNREADABLE;
 		packet->key.sport = udp.source;
 		packet->key.dport = udp.dest;
-		return true;
+		return PACKET_L4;
 	}
-	return false;
+	return PACKET_NOT_L4;
 }
 
 static __always_inline bool is_connection_request(const struct packet *packet)

@@ -71,11 +71,18 @@ def _bind_source(sock: socket.socket, source: str | None) -> None:
         sock.bind((source, 0))
 
 
-def connect(address: str, port: int, source: str | None = None, timeout: float = 2.0, read: bool = True) -> dict:
+# An IPv6 destination options header holding one PadN option: 8 bytes.
+_PADDING_DESTINATION_OPTIONS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+
+
+def connect(address: str, port: int, source: str | None = None, timeout: float = 2.0, read: bool = True,
+            destination_options: bool = False) -> dict:
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     sock.settimeout(timeout)
     started = time.monotonic()
     try:
+        if destination_options:  # every packet, the SYN included, carries an extension header
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, _PADDING_DESTINATION_OPTIONS)
         _bind_source(sock, source)
         sock.connect((address, port))
         local = sock.getsockname()

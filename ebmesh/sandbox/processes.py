@@ -56,8 +56,10 @@ class Agent:
         assert answer["ok"], answer
         return answer["port"]
 
-    def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0) -> dict:
-        return self.call("connect", address=address, port=port, source=source, timeout=timeout)
+    def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0,
+                destination_options: bool = False) -> dict:
+        return self.call("connect", address=address, port=port, source=source, timeout=timeout,
+                         destination_options=destination_options)
 
     def connect_many(self, address: str, port: int, count: int, source: str | None = None,
                      timeout: float = 2.0, read: bool = True) -> dict:

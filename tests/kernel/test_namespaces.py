@@ -19,6 +19,10 @@ pytestmark = pytest.mark.kernel
 CLIENT6, SERVER6, OTHER6 = "fd00:1::1", "fd00:2::1", "fd00:3::1"
 
 
+def client_namespace(agent) -> str:
+    return agent.netns
+
+
 def denied_at_once(result) -> bool:
     return not result["ok"] and result["errno"] == errno.EPERM and result["seconds"] < 0.5
 
@@ -33,6 +37,7 @@ def v6(cgroup_tree, spawn):
             server.listen("tcp", SERVER6, port)
         server.listen("udp", SERVER6, 5353)
         server.listen("tcp", "127.0.2.1", 8080)
+        client.netns = ns
         yield root, client, server
 
 
@@ -120,3 +125,20 @@ def test_a_local_workload_in_another_namespace_is_known_by_its_cgroup(cgroup_tre
             assert client.connect("10.9.0.1", 8080)["ok"]
             dropped = outsider.connect("10.9.0.1", 8080, timeout=1.0)
             assert not dropped["ok"] and dropped["errno"] == errno.ETIMEDOUT
+
+
+def test_ipv6_extension_headers_do_not_hide_a_syn(v6, spawn):
+    """A SYN behind a destination options header is judged like any other."""
+    root, client, server = v6
+    source = f"""
+        mesh six {{
+            workload server {{ cgroup "server" address {SERVER6} }}
+            allow {OTHER6} -> server port 8080
+        }}
+    """
+    outsider = spawn(None, netns=client_namespace(client))
+    with ebmesh.compile(source).attach(root):
+        allowed = outsider.connect(SERVER6, 8080, source=OTHER6, destination_options=True)
+        assert allowed["ok"], allowed
+        dropped = outsider.connect(SERVER6, 9090, source=OTHER6, destination_options=True, timeout=1.0)
+        assert not dropped["ok"] and dropped["errno"] == errno.ETIMEDOUT, dropped
