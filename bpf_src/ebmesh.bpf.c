@@ -4,7 +4,10 @@
  * process of a cgroup.
  *
  *   egress  cgroup/connect4,6   TCP connects and UDP connects: a denial fails
- *           cgroup/sendmsg4,6   the syscall at once with EPERM
+ *           cgroup/sendmsg4,6   the syscall at once with EPERM; a service VIP is
+ *                               translated to one of its backends
+ *           cgroup/getpeername4,6, cgroup/recvmsg4,6
+ *                               translate the backend back to the VIP
  *   egress  cgroup_skb/egress   records who sent each new flow (for ingress)
  *   ingress cgroup_skb/ingress  judges new flows entering a local workload
  *   test    syscall             `evaluate`: the same decision for a given flow
@@ -29,6 +32,7 @@ const volatile struct runtime_config CONFIG SEC(".rodata.config") = {};
 #include "decide.h"
 #include "report.h"
 #include "packet.h"
+#include "balance.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -36,6 +40,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define SYSCALL_DENY 0
 #define PACKET_PASS 1
 #define PACKET_DROP 0
+#define ECONNREFUSED 111
 
 /* How long a UDP flow's record stays fresh before its sender refreshes it. */
 #define FLOW_REFRESH_NS (1000ull * 1000 * 1000)
@@ -107,6 +112,41 @@ static __always_inline bool address_is_zero(const __u32 *addr)
 	return (addr[0] | addr[1] | addr[2] | addr[3]) == 0;
 }
 
+/* The address a sock_addr hook holds (user_ip4 or user_ip6), as a flow sees it. */
+static __always_inline __u8 read_user_address(struct bpf_sock_addr *ctx, __u8 hook_family, __u32 *addr)
+{
+	__u32 raw[4];
+
+	if (hook_family == FAMILY_IPV4) {
+		addr[0] = ctx->user_ip4;
+		return FAMILY_IPV4;
+	}
+	raw[0] = ctx->user_ip6[0];
+	raw[1] = ctx->user_ip6[1];
+	raw[2] = ctx->user_ip6[2];
+	raw[3] = ctx->user_ip6[3];
+	return copy_address6(addr, raw);
+}
+
+static __always_inline void write_user_address(struct bpf_sock_addr *ctx, __u8 hook_family,
+					       const __u32 *addr, __u8 family, __u16 port)
+{
+	if (hook_family == FAMILY_IPV4) {
+		ctx->user_ip4 = addr[0];
+	} else if (family == FAMILY_IPV4) { /* a dual-stack socket: keep it v4-mapped */
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = addr[0];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	}
+	ctx->user_port = port;
+}
+
 /*
  * The identity of the local socket that will receive a flow to
  * (dst_addr, dst_port), if there is one in this network namespace and it
@@ -164,6 +204,70 @@ static __always_inline const struct service_info *service_at(const struct flow *
 	return bpf_map_lookup_elem(&services, &key);
 }
 
+/*
+ * An allowed connection or datagram to a service: send it to a backend.
+ * Connected sockets remember the translation in socket storage (it dies with
+ * the socket); an unconnected UDP socket remembers its backend per service,
+ * and the translation per backend, in LRU maps keyed by its cookie.
+ */
+static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, bool sendmsg,
+				   struct bpf_sock *sk, const struct flow *flow, struct decision *decision,
+				   const struct service_info *service)
+{
+	struct translation translation = {
+		.vip_port = bpf_htons(flow->dst_port),
+		.service = service->identity,
+		.family = flow->family,
+	};
+	const struct backend *backend = NULL;
+	__u64 cookie = 0;
+	__u32 id = 0;
+	bool chosen_now = true;
+
+	if (sendmsg) {
+		cookie = bpf_get_socket_cookie(ctx);
+		backend = remembered_backend(cookie, service->identity, &id);
+		chosen_now = !backend;
+	}
+	if (!backend)
+		backend = pick_backend(service, &id);
+	if (!backend) {
+		decision->verdict = VERDICT_DENY;
+		decision->flags |= DECISION_NO_BACKEND;
+		report(flow, decision, cgroup_id_of_socket(sk), NULL, 0);
+		bpf_set_retval(-ECONNREFUSED);
+		return SYSCALL_DENY;
+	}
+
+	__builtin_memcpy(translation.vip, flow->dst_addr, 16);
+	__builtin_memcpy(translation.backend_addr, backend->addr, 16);
+	translation.backend_port = backend->port;
+	translation.backend = id;
+	write_user_address(ctx, hook_family, backend->addr, backend->family, backend->port);
+
+	if (!sendmsg) {
+		struct translation *stored =
+			bpf_sk_storage_get(&socket_translations, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (stored)
+			*stored = translation;
+	} else if (chosen_now) {
+		struct udp_translation_key key = {
+			.cookie = cookie,
+			.backend_port = backend->port,
+			.family = backend->family,
+		};
+
+		__builtin_memcpy(key.backend_addr, backend->addr, 16);
+		bpf_map_update_elem(&udp_translations, &key, &translation, BPF_ANY);
+		remember_backend(cookie, service->identity, id);
+	}
+	if (chosen_now)
+		count_backend(id);
+	report(flow, decision, cgroup_id_of_socket(sk), backend, id);
+	return SYSCALL_ALLOW;
+}
+
 /* Egress at the socket: connect() of TCP and UDP, sendmsg() of unconnected UDP. */
 static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 family, bool sendmsg)
 {
@@ -179,9 +283,8 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 	if (!flow.protocol)
 		return SYSCALL_ALLOW;
 
+	flow.family = read_user_address(ctx, family, flow.dst_addr);
 	if (family == FAMILY_IPV4) {
-		flow.family = FAMILY_IPV4;
-		flow.dst_addr[0] = ctx->user_ip4;
 		flow.src_addr[0] = sk->src_ip4;
 		if (sendmsg) {
 			__u32 chosen = ctx->msg_src_ip4; /* the sender's IP_PKTINFO, if any */
@@ -190,12 +293,8 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 				flow.src_addr[0] = chosen;
 		}
 	} else {
-		__u32 dst[4], src[4], chosen[4];
+		__u32 src[4], chosen[4];
 
-		dst[0] = ctx->user_ip6[0];
-		dst[1] = ctx->user_ip6[1];
-		dst[2] = ctx->user_ip6[2];
-		dst[3] = ctx->user_ip6[3];
 		src[0] = sk->src_ip6[0];
 		src[1] = sk->src_ip6[1];
 		src[2] = sk->src_ip6[2];
@@ -211,7 +310,6 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 			if (!address_is_zero(chosen))
 				__builtin_memcpy(src, chosen, sizeof(src));
 		}
-		flow.family = copy_address6(flow.dst_addr, dst);
 		if (copy_address6(flow.src_addr, src) != flow.family)
 			__builtin_memset(flow.src_addr, 0, sizeof(flow.src_addr));
 	}
@@ -243,7 +341,9 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 	}
 
 	decide(&flow, &decision);
-	report(&flow, &decision, cgroup_id_of_socket(sk));
+	if (service && decision.verdict == VERDICT_ALLOW)
+		return balance(ctx, family, sendmsg, sk, &flow, &decision, service);
+	report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
 	return decision.verdict == VERDICT_ALLOW ? SYSCALL_ALLOW : SYSCALL_DENY;
 }
 
@@ -271,6 +371,59 @@ int ebmesh_sendmsg6(struct bpf_sock_addr *ctx)
 	return judge_sock_addr(ctx, FAMILY_IPV6, true);
 }
 
+/* The application sees the VIP as its peer, not the backend it talks to. */
+static __always_inline int translate_back(struct bpf_sock_addr *ctx, __u8 hook_family, bool datagram)
+{
+	const struct translation *translation = NULL;
+	struct bpf_sock *sk = ctx->sk;
+	__u32 addr[4] = {};
+	__u8 family;
+	__u16 port;
+
+	if (!sk)
+		return SYSCALL_ALLOW;
+	family = read_user_address(ctx, hook_family, addr);
+	port = ctx->user_port;
+	translation = bpf_sk_storage_get(&socket_translations, sk, 0, 0);
+	if (!translation && datagram) {
+		struct udp_translation_key key = {
+			.cookie = bpf_get_socket_cookie(ctx),
+			.backend_port = port,
+			.family = family,
+		};
+
+		__builtin_memcpy(key.backend_addr, addr, 16);
+		translation = bpf_map_lookup_elem(&udp_translations, &key);
+	}
+	if (translation && translation_matches(translation, family, addr, port))
+		write_user_address(ctx, hook_family, translation->vip, family, translation->vip_port);
+	return SYSCALL_ALLOW;
+}
+
+SEC("cgroup/getpeername4")
+int ebmesh_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return translate_back(ctx, FAMILY_IPV4, false);
+}
+
+SEC("cgroup/getpeername6")
+int ebmesh_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return translate_back(ctx, FAMILY_IPV6, false);
+}
+
+SEC("cgroup/recvmsg4")
+int ebmesh_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return translate_back(ctx, FAMILY_IPV4, true);
+}
+
+SEC("cgroup/recvmsg6")
+int ebmesh_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return translate_back(ctx, FAMILY_IPV6, true);
+}
+
 /* Egress of packets: note who sends each new flow, so that the receiving
  * workload's ingress can tell a local sender by its cgroup. */
 SEC("cgroup_skb/egress")
@@ -278,6 +431,7 @@ int ebmesh_egress(struct __sk_buff *skb)
 {
 	struct packet packet;
 	struct flow_record record = {};
+	const struct translation *translation;
 	struct flow_record *known;
 	struct bpf_sock *sk;
 	__u64 now;
@@ -303,6 +457,23 @@ int ebmesh_egress(struct __sk_buff *skb)
 	if (record.src_identity == OUTSIDE_ATTACHMENT)
 		return PACKET_PASS;
 	record.seen_ns = now;
+	/* Sent to a service? The backend's ingress judges it by the service. */
+	translation = bpf_sk_storage_get(&socket_translations, sk, 0, 0);
+	if (!translation && packet.key.protocol == IPPROTO_UDP) {
+		struct udp_translation_key key = {
+			.cookie = bpf_get_socket_cookie(skb),
+			.backend_port = packet.key.dport,
+			.family = packet.key.family,
+		};
+
+		__builtin_memcpy(key.backend_addr, packet.key.daddr, 16);
+		translation = bpf_map_lookup_elem(&udp_translations, &key);
+	}
+	if (translation && translation_matches(translation, packet.key.family, packet.key.daddr, packet.key.dport)) {
+		record.service = translation->service;
+		__builtin_memcpy(record.vip, translation->vip, 16);
+		record.vip_port = translation->vip_port;
+	}
 	bpf_map_update_elem(&flows, &packet.key, &record, BPF_ANY);
 	return PACKET_PASS;
 }
@@ -357,12 +528,19 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	if (sender) {
 		flow.src_identity = sender->src_identity;
 		flow.flags |= FLOW_SRC_BY_CGROUP;
+		if (sender->service) {
+			/* Traffic to a service is judged by the service, at its backend too. */
+			flow.dst_identity = sender->service;
+			__builtin_memcpy(flow.dst_addr, sender->vip, 16);
+			flow.dst_port = bpf_ntohs(sender->vip_port);
+			flow.flags = (flow.flags & ~FLOW_DST_BY_CGROUP) | FLOW_DST_IS_SERVICE;
+		}
 	} else {
 		flow.flags |= FLOW_SRC_BY_ADDRESS;
 	}
 
 	decide(&flow, &decision);
-	report(&flow, &decision, cgroup_id_of_socket(sk));
+	report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
 	if (decision.verdict != VERDICT_ALLOW)
 		return PACKET_DROP;
 	if (flow.protocol == IPPROTO_UDP)

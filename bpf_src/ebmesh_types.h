@@ -38,6 +38,7 @@ enum direction {
 #define DECISION_WOULD_DENY      (1u << 1) /* mode audit let through what enforce denies */
 #define DECISION_NEEDS_MTLS      (1u << 2) /* allowed only once the pair is authenticated */
 #define DECISION_AUDIT_MATCH     (1u << 3) /* an audit rule matched (decision.audit_rule) */
+#define DECISION_NO_BACKEND      (1u << 4) /* allowed to a service that has no backend: refused */
 
 /* flow.flags */
 #define FLOW_SRC_ADDRESS_KNOWN   (1u << 0) /* src_addr is meaningful */
@@ -119,7 +120,13 @@ struct identity_info {
 	__u32 flags;
 };
 
-/* ---- services (load balancing builds on this) -------------------------------- */
+/* ---- services: weighted load balancing at the socket ---------------------------
+ * A connect (TCP) or datagram (UDP) to a VIP goes to one backend, chosen with
+ * probability weight/sum(weights) by Walker's alias method: a uniform slot,
+ * then the slot's primary or its alias by a second coin. O(1) whatever the
+ * number of backends. Each service has two slot tables (generations); a live
+ * change fills the idle one and then flips service_info.generation, so a
+ * connect sees either the old table or the new one, never half of each. */
 struct service_key {
 	__u8 family;
 	__u8 protocol;
@@ -130,6 +137,66 @@ struct service_key {
 struct service_info {
 	__u32 identity;
 	__u32 flags;
+	__u32 generation; /* which slot table is live: 0 or 1 */
+	__u32 slot_count; /* slots in it; 0: no backend of nonzero weight */
+};
+
+struct slot_key {
+	__u32 service;    /* the service's identity */
+	__u32 generation;
+	__u32 slot;
+};
+
+struct backend_slot {
+	__u32 primary;   /* backend id */
+	__u32 alias;     /* backend id */
+	__u32 threshold; /* keep primary when a uniform u32 is below this */
+	__u32 reserved;
+};
+
+#define BACKEND_LIVE (1u << 0) /* in its service's current backend list */
+
+struct backend {
+	__u32 addr[4];
+	__u16 port;    /* network byte order */
+	__u8 family;
+	__u8 flags;    /* BACKEND_* */
+	__u32 service; /* identity of the service it serves */
+};
+
+/* What a socket was translated to: kept per connected socket (socket
+ * storage) and per (socket, backend) for unconnected UDP. Reverse translation
+ * (getpeername, recvmsg) and the backend's ingress read it. */
+struct translation {
+	__u32 vip[4];
+	__u32 backend_addr[4];
+	__u16 vip_port;     /* network byte order */
+	__u16 backend_port; /* network byte order */
+	__u32 service;
+	__u32 backend;      /* backend id */
+	__u8 family;
+	__u8 reserved[3];
+};
+
+struct udp_translation_key {
+	__u64 cookie; /* the socket's */
+	__u32 backend_addr[4];
+	__u16 backend_port; /* network byte order */
+	__u8 family;
+	__u8 reserved;
+	__u32 reserved2;
+};
+
+/* An unconnected UDP socket keeps one backend per service for its life. */
+struct affinity_key {
+	__u64 cookie;
+	__u32 service;
+	__u32 reserved;
+};
+
+struct affinity {
+	__u32 backend;
+	__u32 reserved;
 };
 
 /* ---- flows: what a sender's egress tells the receiver's ingress ----------------
@@ -148,8 +215,12 @@ struct flow_key {
 
 struct flow_record {
 	__u32 src_identity;
-	__u32 service;
+	__u32 service;     /* the service the sender addressed (0: none) */
 	__u64 seen_ns;
+	__u32 vip[4];      /* and its VIP, which the flow is judged by */
+	__u16 vip_port;    /* network byte order */
+	__u16 reserved;
+	__u32 reserved2;
 };
 
 /* ---- UDP replies ------------------------------------------------------------------
@@ -208,6 +279,10 @@ struct verdict_event {
 	__u64 cgroup_id;    /* the local socket's cgroup */
 	struct flow flow;
 	struct decision decision;
+	__u32 backend_addr[4]; /* where a connection to a service went */
+	__u16 backend_port;    /* host byte order; 0: no backend */
+	__u16 reserved;
+	__u32 backend;         /* backend id */
 };
 
 /* Per rule id (index 0: the default). Per CPU; userspace sums. */

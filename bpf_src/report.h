@@ -31,7 +31,7 @@ static __always_inline bool worth_an_event(const struct decision *decision)
 }
 
 static __always_inline void report(const struct flow *flow, const struct decision *decision,
-				   __u64 cgroup_id)
+				   __u64 cgroup_id, const struct backend *backend, __u32 backend_id)
 {
 	struct verdict_event *event;
 
@@ -51,6 +51,15 @@ static __always_inline void report(const struct flow *flow, const struct decisio
 	event->cgroup_id = cgroup_id;
 	event->flow = *flow;
 	event->decision = *decision;
+	if (backend) {
+		__builtin_memcpy(event->backend_addr, backend->addr, 16);
+		event->backend_port = bpf_ntohs(backend->port);
+	} else {
+		__builtin_memset(event->backend_addr, 0, 16);
+		event->backend_port = 0;
+	}
+	event->reserved = 0;
+	event->backend = backend_id;
 	bpf_ringbuf_submit(event, 0);
 }
 

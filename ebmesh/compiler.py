@@ -17,6 +17,7 @@ from ebmesh.language.ast import PolicyFile
 from ebmesh.language.lower import lower_to_ir
 from ebmesh.policy import CompiledPolicy
 from ebmesh.resources import bpf_source_dir
+from ebmesh.runtime.balancing import ServiceSpec
 from ebmesh.runtime.image import DatapathImage, Naming, RuleOrigin
 from ebmesh.toolchain.clang import build_object
 
@@ -58,6 +59,7 @@ def compile(policy: str | Path | PolicyFile) -> CompiledPolicy:  # noqa: A001 - 
         workload_cgroups=tuple(tables.workload_cgroups),
         v4_prefix_lengths=tables.v4_lengths,
         v6_prefix_lengths=tables.v6_lengths,
+        services=tuple(ServiceSpec(*row) for row in tables.services),
         naming=naming_of(ir),
     )
     phase("encode")

@@ -92,15 +92,19 @@ class CompiledPolicy:
 
         return inspect_object(self.object_bytes)
 
-    def attach(self, cgroup, *, force: bool = False, events: str = "all") -> Attachment:
+    def attach(
+        self, cgroup, *, force: bool = False, events: str = "all", backend_capacity: int | None = None
+    ) -> Attachment:
         """Attach to a cgroup v2 directory (absolute, or relative to the cgroup2 mount).
 
         Workload `cgroup "x"` paths resolve below it and must exist. Refuses the
         root cgroup unless `force=True`. `events`: "all", "denied" or "none".
+        `backend_capacity`: how many backends the services may hold in all,
+        counting live changes (default: four times those declared, plus 1,024).
         """
         from ebmesh.runtime.attachment import Attachment
 
-        return Attachment(self.image, cgroup, force=force, events=events)
+        return Attachment(self.image, cgroup, force=force, events=events, backend_capacity=backend_capacity)
 
     # ---- evaluate -------------------------------------------------------------
 

@@ -51,7 +51,8 @@ class DatapathTables:
     rule_pairs: (src side, dst side, tcp_first, udp_first, tcp_count, udp_count).
     port_intervals: (low, high, deny, allow, mtls, audit).
     identity_flags: flags indexed by identity (entry 0: no identity).
-    services: (family, protocol, port, packed VIP, identity).
+    services: (identity, name, family, protocol, port, packed VIP,
+        ((packed backend address, port, weight), ...)); the runtime writes them.
     workload_cgroups: (identity, cgroup path relative to the attach cgroup).
     """
 
@@ -140,18 +141,7 @@ def encode_tables(tables: DatapathTables) -> dict[str, MapContents]:
 
     out["identities"] = _array_contents(abi.IdentityInfo.packer(), [(f,) for f in tables.identity_flags])
 
-    key, value = abi.ServiceKey.packer(), abi.ServiceInfo.packer()
-    keys, values = bytearray(), bytearray()
-    for family, protocol, port, packed, identity in tables.services:
-        keys += key.pack(family, protocol, _network_order_port(port), *abi.address_words(_address_bytes(packed)))
-        values += value.pack(identity, 0)
-    out["services"] = _contents(keys, values, len(tables.services))
     return out
-
-
-def _network_order_port(port: int) -> int:
-    """A port as the u16 the CPU reads when memory holds it in network order."""
-    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
 def _contents(keys: bytearray, values: bytearray, count: int) -> MapContents:

@@ -326,8 +326,11 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     tables.identity_flags = flags
 
     for service in policy.services:
-        family = service.vip.version
-        tables.services.append((family, int(service.protocol), service.port, service.vip.packed, service.identity))
+        backends = tuple((b.address.packed, b.port, b.weight) for b in service.backends)
+        tables.services.append(
+            (service.identity, service.name, service.vip.version, int(service.protocol), service.port,
+             service.vip.packed, backends)
+        )
 
     shape = PolicyShape(
         source_name=policy.source_name,

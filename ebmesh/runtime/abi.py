@@ -31,6 +31,9 @@ DECISION_BY_DEFAULT = 1 << 0
 DECISION_WOULD_DENY = 1 << 1
 DECISION_NEEDS_MTLS = 1 << 2
 DECISION_AUDIT_MATCH = 1 << 3
+DECISION_NO_BACKEND = 1 << 4
+
+BACKEND_LIVE = 1 << 0
 
 FLOW_SRC_ADDRESS_KNOWN = 1 << 0
 FLOW_SRC_BY_ADDRESS = 1 << 1
@@ -104,7 +107,51 @@ class ServiceKey(Struct):
 
 
 class ServiceInfo(Struct):
-    _fields_ = [("identity", u32), ("flags", u32)]
+    _fields_ = [("identity", u32), ("flags", u32), ("generation", u32), ("slot_count", u32)]
+
+
+class SlotKey(Struct):
+    _fields_ = [("service", u32), ("generation", u32), ("slot", u32)]
+
+
+class BackendSlot(Struct):
+    _fields_ = [("primary", u32), ("alias", u32), ("threshold", u32), ("reserved", u32)]
+
+
+class Backend(Struct):
+    _fields_ = [("addr", Address), ("port", u16), ("family", u8), ("flags", u8), ("service", u32)]
+
+
+class Translation(Struct):
+    _fields_ = [
+        ("vip", Address),
+        ("backend_addr", Address),
+        ("vip_port", u16),
+        ("backend_port", u16),
+        ("service", u32),
+        ("backend", u32),
+        ("family", u8),
+        ("reserved", u8 * 3),
+    ]
+
+
+class UdpTranslationKey(Struct):
+    _fields_ = [
+        ("cookie", u64),
+        ("backend_addr", Address),
+        ("backend_port", u16),
+        ("family", u8),
+        ("reserved", u8),
+        ("reserved2", u32),
+    ]
+
+
+class AffinityKey(Struct):
+    _fields_ = [("cookie", u64), ("service", u32), ("reserved", u32)]
+
+
+class Affinity(Struct):
+    _fields_ = [("backend", u32), ("reserved", u32)]
 
 
 class FlowKey(Struct):
@@ -120,7 +167,15 @@ class FlowKey(Struct):
 
 
 class FlowRecord(Struct):
-    _fields_ = [("src_identity", u32), ("service", u32), ("seen_ns", u64)]
+    _fields_ = [
+        ("src_identity", u32),
+        ("service", u32),
+        ("seen_ns", u64),
+        ("vip", Address),
+        ("vip_port", u16),
+        ("reserved", u16),
+        ("reserved2", u32),
+    ]
 
 
 class ReplyKey(Struct):
@@ -172,6 +227,10 @@ class VerdictEvent(Struct):
         ("cgroup_id", u64),
         ("flow", Flow),
         ("decision", Decision),
+        ("backend_addr", Address),
+        ("backend_port", u16),
+        ("reserved", u16),
+        ("backend", u32),
     ]
 
 
@@ -211,6 +270,13 @@ C_STRUCTS: dict[str, type[Struct]] = {
     "identity_info": IdentityInfo,
     "service_key": ServiceKey,
     "service_info": ServiceInfo,
+    "slot_key": SlotKey,
+    "backend_slot": BackendSlot,
+    "backend": Backend,
+    "translation": Translation,
+    "udp_translation_key": UdpTranslationKey,
+    "affinity_key": AffinityKey,
+    "affinity": Affinity,
     "flow_key": FlowKey,
     "flow_record": FlowRecord,
     "reply_key": ReplyKey,
@@ -250,6 +316,11 @@ def struct_format(ctype) -> struct.Struct:
     if packer.size != ctypes.sizeof(ctype):
         raise TypeError(f"{ctype.__name__} has implicit padding; make it explicit")
     return packer
+
+
+def network_order_port(port: int) -> int:
+    """A port as the u16 the CPU reads when memory holds it in network order."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
 def address_words(packed: bytes) -> tuple[int, int, int, int]:

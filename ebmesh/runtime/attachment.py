@@ -8,7 +8,7 @@ until `detach()` (or `unpin()` and a close) removes them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ebmesh.errors import AttachError
@@ -22,7 +22,15 @@ from ebmesh.runtime.instance import HOOK_PROGRAMS, load_image
 class Attachment:
     """The datapath of one policy, live on one cgroup."""
 
-    def __init__(self, image: DatapathImage, cgroup, *, force: bool = False, events: str = "all"):
+    def __init__(
+        self,
+        image: DatapathImage,
+        cgroup,
+        *,
+        force: bool = False,
+        events: str = "all",
+        backend_capacity: int | None = None,
+    ):
         self.cgroup: Path = cgroups.resolve(cgroup)
         cgroups.refuse_root(self.cgroup, force)
         self._image = image
@@ -33,9 +41,14 @@ class Attachment:
         self.workload_cgroups = self._resolve_workload_cgroups()
 
         ensure_bpffs()
-        self._bpf = load_image(
-            image, programs=HOOK_PROGRAMS, attach_cgroup_id=cgroups.cgroup_id(self.cgroup), events=events
+        self._loaded = load_image(
+            image,
+            programs=HOOK_PROGRAMS,
+            attach_cgroup_id=cgroups.cgroup_id(self.cgroup),
+            events=events,
+            backend_capacity=backend_capacity,
         )
+        self._bpf = self._loaded.bpf
         try:
             workloads = self._bpf.maps["cgroup_workloads"]
             for identity, path in self.workload_cgroups.items():
@@ -117,6 +130,24 @@ class Attachment:
                 audited += a
             result[rule_id] = RuleCount(rule_id, self._image.naming.rules.get(rule_id), decided, audited)
         return result
+
+    # ---- services -------------------------------------------------------------------
+
+    def set_backends(self, service: str, backends: Mapping[str, int]) -> None:
+        """Replace a service's backends and weights in place: `{"10.0.2.10:8080": 3, ...}`.
+
+        No reload, no failed connection: connects in flight see the old table or
+        the new one whole. Weight 0 keeps a backend declared but unused; no
+        backend of nonzero weight makes connects to the VIP fail with ECONNREFUSED.
+        """
+        self._loaded.balancer.set_backends(service, backends)
+
+    def backends(self, service: str) -> dict[str, int]:
+        return self._loaded.balancer.backends(service)
+
+    def backend_counters(self) -> dict[str, dict[str, int]]:
+        """Per service, per backend: connections (TCP) and sockets (UDP) sent to it."""
+        return self._loaded.balancer.counters()
 
     def lost_events(self) -> int:
         per_cpu = self._bpf.maps["lost_events"].lookup_percpu((0).to_bytes(4, "little")) or []

@@ -16,8 +16,8 @@ class Evaluator:
     """A loaded copy of the policy holding only the evaluate harness."""
 
     def __init__(self, image: DatapathImage):
-        self._bpf = load_image(image, programs=(EVALUATE_PROGRAM,), events="none")
-        self._program = self._bpf.programs[EVALUATE_PROGRAM]
+        self._loaded = load_image(image, programs=(EVALUATE_PROGRAM,), events="none")
+        self._program = self._loaded.bpf.programs[EVALUATE_PROGRAM]
 
     def run(self, flow: abi.Flow) -> tuple[abi.Flow, abi.Decision]:
         """The decision for `flow`, and the flow with the identities the kernel resolved."""
@@ -27,7 +27,7 @@ class Evaluator:
         return answer.flow, answer.decision
 
     def close(self) -> None:
-        self._bpf.close()
+        self._loaded.close()
 
     def __enter__(self) -> Evaluator:
         return self

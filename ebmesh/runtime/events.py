@@ -45,6 +45,9 @@ class VerdictEvent:
     would_deny: bool  # mode audit let a denial through
     needs_mtls: bool
     cgroup_id: int
+    backend_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None  # where a service flow went
+    backend_port: int = 0
+    no_backend: bool = False  # a service with no usable backend refused it
 
     @property
     def decided_by(self) -> str:
@@ -58,6 +61,11 @@ class VerdictEvent:
             f"{clock} {self.direction:<7} {self.protocol} {self.src_name} {src} -> "
             f"{self.dst_name} {self.dst_address}:{self.dst_port}  {verdict} by {self.decided_by}"
         )
+        if self.backend_address is not None:
+            host = f"[{self.backend_address}]" if self.backend_address.version == 6 else str(self.backend_address)
+            text += f"  => backend {host}:{self.backend_port}"
+        if self.no_backend:
+            text += "  (no backend: ECONNREFUSED)"
         if self.needs_mtls:
             text += " [mtls]"
         if self.audit_rule:
@@ -92,6 +100,9 @@ def decode_event(record: bytes, naming: Naming) -> VerdictEvent:
         would_deny=bool(decision.flags & abi.DECISION_WOULD_DENY),
         needs_mtls=bool(decision.flags & abi.DECISION_NEEDS_MTLS),
         cgroup_id=event.cgroup_id,
+        backend_address=address_from_words(flow.family, event.backend_addr) if event.backend_port else None,
+        backend_port=event.backend_port,
+        no_backend=bool(decision.flags & abi.DECISION_NO_BACKEND),
     )
 
 

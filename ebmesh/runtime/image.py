@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ebmesh.runtime.balancing import ServiceSpec
+
 
 @dataclass(frozen=True)
 class MapContents:
@@ -50,4 +52,5 @@ class DatapathImage:
     workload_cgroups: tuple[tuple[int, str], ...]  # (identity, path relative to the attach cgroup)
     v4_prefix_lengths: tuple[int, ...]  # ascending
     v6_prefix_lengths: tuple[int, ...]
+    services: tuple[ServiceSpec, ...] = ()
     naming: Naming = field(default_factory=Naming)

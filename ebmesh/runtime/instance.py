@@ -1,8 +1,11 @@
 """One loaded copy of a policy's object: maps sized and filled, programs verified."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ebmesh.loader import BpfObject
 from ebmesh.runtime import abi
+from ebmesh.runtime.balancing import Balancer
 from ebmesh.runtime.image import DatapathImage
 
 # Hook programs, in the order they are attached: the recorder of senders
@@ -10,6 +13,10 @@ from ebmesh.runtime.image import DatapathImage
 HOOK_PROGRAMS = (
     "ebmesh_egress",
     "ebmesh_ingress",
+    "ebmesh_getpeername4",
+    "ebmesh_getpeername6",
+    "ebmesh_recvmsg4",
+    "ebmesh_recvmsg6",
     "ebmesh_connect4",
     "ebmesh_connect6",
     "ebmesh_sendmsg4",
@@ -20,13 +27,23 @@ EVALUATE_PROGRAM = "ebmesh_evaluate"
 EVENT_LEVELS = {"none": abi.EVENTS_NONE, "denied": abi.EVENTS_DENIED, "all": abi.EVENTS_ALL}
 
 
+@dataclass
+class LoadedImage:
+    bpf: BpfObject
+    balancer: Balancer
+
+    def close(self) -> None:
+        self.bpf.close()
+
+
 def load_image(
     image: DatapathImage,
     *,
     programs: tuple[str, ...],
     attach_cgroup_id: int = 0,
     events: str = "all",
-) -> BpfObject:
+    backend_capacity: int | None = None,
+) -> LoadedImage:
     """Open, size, configure, verify and fill a copy of the policy's object.
 
     Only `programs` are loaded. The maps are full before this returns, so a
@@ -42,6 +59,11 @@ def load_image(
             bpf.maps[name].set_max_entries(contents.max_entries)
         bpf.maps["rule_counters"].set_max_entries(image.rule_count + 1)
         bpf.maps["cgroup_workloads"].set_max_entries(max(1, len(image.workload_cgroups)))
+        capacity = backend_capacity or Balancer.capacity_for(image.services)
+        bpf.maps["services"].set_max_entries(max(1, len(image.services)))
+        bpf.maps["backends"].set_max_entries(capacity)
+        bpf.maps["backend_counters"].set_max_entries(capacity)
+        bpf.maps["backend_slots"].set_max_entries(2 * capacity)
         config = abi.RuntimeConfig(
             attach_cgroup_id=attach_cgroup_id,
             events=EVENT_LEVELS[events],
@@ -55,7 +77,8 @@ def load_image(
         for name, contents in image.maps.items():
             if contents.count:
                 bpf.maps[name].update_batch(contents.keys, contents.values, contents.count)
+        balancer = Balancer(bpf.maps, image.services, capacity)
     except BaseException:
         bpf.close()
         raise
-    return bpf
+    return LoadedImage(bpf, balancer)

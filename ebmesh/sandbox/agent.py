@@ -47,6 +47,10 @@ def _serve_udp(key: int, server: socket.socket) -> None:
         with _lock:
             _accepted[key] = _accepted.get(key, 0) + 1
         try:
+            if data == b"who":  # which server answered: for load-balancing tests
+                host, port = server.getsockname()[:2]
+                server.sendto(f"iam:{host}:{port}".encode(), peer)
+                continue
             server.sendto(b"echo:" + data, peer)
         except OSError:
             pass
@@ -154,6 +158,26 @@ def send(address: str, port: int, source: str | None = None, timeout: float = 1.
         sock.close()
 
 
+def ask_many(address: str, port: int, count: int, source: str | None = None, timeout: float = 1.0) -> dict:
+    """`count` datagrams "who" from ONE unconnected UDP socket; the answers and who sent them."""
+    sock = socket.socket(_family(address), socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    answers = []
+    try:
+        _bind_source(sock, source)
+        for _ in range(count):
+            sock.sendto(b"who", (address, port))
+            data, peer = sock.recvfrom(2048)
+            answers.append([data.decode(), list(peer[:2])])
+        return {"ok": True, "answers": answers}
+    except socket.timeout:
+        return {"ok": False, "errno": errno.ETIMEDOUT, "answers": answers}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno, "answers": answers}
+    finally:
+        sock.close()
+
+
 def accepted(id: int) -> dict:
     with _lock:
         return {"ok": True, "count": _accepted.get(id, 0)}
@@ -167,7 +191,7 @@ def close(id: int) -> dict:
 
 
 COMMANDS = {"listen": listen, "connect": connect, "connect_many": connect_many, "send": send,
-            "accepted": accepted, "close": close}
+            "ask_many": ask_many, "accepted": accepted, "close": close}
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ class Agent:
     def __init__(self, cgroup: Path | None = None, netns: str | None = None, name: str = "agent"):
         self.name = name
         self.cgroup = cgroup
+        self._listeners: dict[tuple[str, str, int], int] = {}
         # nsenter --net, not `ip netns exec`: the latter remounts /sys and hides the cgroup2 mount.
         enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns is not None else []
         self.process = subprocess.Popen(
@@ -54,6 +55,7 @@ class Agent:
     def listen(self, protocol: str, address: str, port: int = 0) -> int:
         answer = self.call("listen", protocol=protocol, address=address, port=port)
         assert answer["ok"], answer
+        self._listeners[(protocol, address, answer["port"])] = answer["id"]
         return answer["port"]
 
     def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0,
@@ -71,6 +73,14 @@ class Agent:
              connected: bool = False) -> dict:
         return self.call("send", address=address, port=port, source=source, timeout=timeout,
                          connected=connected)
+
+    def ask_many(self, address: str, port: int, count: int, source: str | None = None,
+                 timeout: float = 1.0) -> dict:
+        return self.call("ask_many", address=address, port=port, count=count, source=source, timeout=timeout)
+
+    def accepted(self, protocol: str, address: str, port: int) -> int:
+        """Connections (TCP) or datagrams (UDP) the listener on (address, port) has taken."""
+        return self.call("accepted", id=self._listeners[(protocol, address, port)])["count"]
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -39,11 +39,22 @@ PROGRAMS = {  # name -> (section, program type, expected attach type)
     "ebmesh_sendmsg6": ("cgroup/sendmsg6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP6_SENDMSG),
     "ebmesh_ingress": ("cgroup_skb/ingress", ProgType.BPF_PROG_TYPE_CGROUP_SKB, AttachType.BPF_CGROUP_INET_INGRESS),
     "ebmesh_egress": ("cgroup_skb/egress", ProgType.BPF_PROG_TYPE_CGROUP_SKB, AttachType.BPF_CGROUP_INET_EGRESS),
+    "ebmesh_getpeername4": (
+        "cgroup/getpeername4", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET4_GETPEERNAME
+    ),
+    "ebmesh_getpeername6": (
+        "cgroup/getpeername6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET6_GETPEERNAME
+    ),
+    "ebmesh_recvmsg4": ("cgroup/recvmsg4", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP4_RECVMSG),
+    "ebmesh_recvmsg6": ("cgroup/recvmsg6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP6_RECVMSG),
     "ebmesh_evaluate": ("syscall", ProgType.BPF_PROG_TYPE_SYSCALL, None),
 }
 # Programs that take a verdict: every one but the egress recorder, which only
-# notes who sent a new flow (the egress verdict was taken at connect/sendmsg).
-DECIDING = set(PROGRAMS) - {"ebmesh_egress"}
+# notes who sent a new flow (the egress verdict was taken at connect/sendmsg),
+# and the reverse translators of service addresses.
+DECIDING = set(PROGRAMS) - {
+    "ebmesh_egress", "ebmesh_getpeername4", "ebmesh_getpeername6", "ebmesh_recvmsg4", "ebmesh_recvmsg6"
+}
 
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 MAPS = {  # name -> (type, key mirror, value mirror); None: no key/value (a ring buffer)
@@ -54,6 +65,12 @@ MAPS = {  # name -> (type, key mirror, value mirror); None: no key/value (a ring
     "cgroup_workloads": (MapType.BPF_MAP_TYPE_HASH, U64, U32),
     "identities": (MapType.BPF_MAP_TYPE_ARRAY, U32, abi.IdentityInfo),
     "services": (MapType.BPF_MAP_TYPE_HASH, abi.ServiceKey, abi.ServiceInfo),
+    "backend_slots": (MapType.BPF_MAP_TYPE_HASH, abi.SlotKey, abi.BackendSlot),
+    "backends": (MapType.BPF_MAP_TYPE_ARRAY, U32, abi.Backend),
+    "backend_counters": (MapType.BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64),
+    "socket_translations": (MapType.BPF_MAP_TYPE_SK_STORAGE, ctypes.c_int32, abi.Translation),
+    "udp_translations": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.UdpTranslationKey, abi.Translation),
+    "udp_affinity": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.AffinityKey, abi.Affinity),
     "flows": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.FlowKey, abi.FlowRecord),
     "udp_replies": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.ReplyKey, abi.ReplyValue),
     "authenticated_pairs": (MapType.BPF_MAP_TYPE_HASH, abi.AuthKey, abi.AuthValue),
@@ -136,7 +153,9 @@ def test_maps_match_maps_h(info):
         assert found.type == map_type, name
         assert found.key_size == (ctypes.sizeof(key) if key else 0), name
         assert found.value_size == (ctypes.sizeof(value) if value else 0), name
-        assert found.map_flags == 0, name
+        # socket storage must not be preallocated (the kernel insists); everything else is plain
+        expected_flags = 1 if map_type == MapType.BPF_MAP_TYPE_SK_STORAGE else 0  # BPF_F_NO_PREALLOC
+        assert found.map_flags == expected_flags, name
         if key in C_NAME:
             assert found.key_type == C_NAME[key], name
         if value in C_NAME:
@@ -175,7 +194,10 @@ def test_license_btf_core_and_kfunc(info):
     assert {"struct sock", "struct cgroup"} <= core_types
     assert [(e.name, e.kind) for e in info.externs] == [("bpf_rdonly_cast", "kfunc")]
     users = {p.name for p in info.programs if "bpf_rdonly_cast" in p.kfuncs}
-    assert users == set(PROGRAMS) - {EVALUATE_PROGRAM}  # every hook finds the socket's cgroup
+    # every hook that judges or records finds the socket's cgroup; the reverse
+    # translators only read what their socket was translated to
+    reverse = {"ebmesh_getpeername4", "ebmesh_getpeername6", "ebmesh_recvmsg4", "ebmesh_recvmsg6"}
+    assert users == set(PROGRAMS) - {EVALUATE_PROGRAM} - reverse
 
 
 # ---- the ABI: the object's types against the ctypes mirrors ------------------------------
@@ -494,7 +516,7 @@ def test_the_verifier_accepts_every_program(root, case):
     everything = (*HOOK_PROGRAMS, EVALUATE_PROGRAM)
     info = compiled.inspect()
     assert set(everything) == {p.name for p in info.programs}
-    bpf = load_image(compiled.image, programs=everything, events="all")
+    bpf = load_image(compiled.image, programs=everything, events="all").bpf
     try:
         for name in everything:
             program = bpf.programs[name]

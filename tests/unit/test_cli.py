@@ -51,10 +51,13 @@ ATTACH_TYPES = (
     BPF_CGROUP_UDP4_SENDMSG,
     BPF_CGROUP_UDP6_SENDMSG,
 )
-PROGRAMS = ("ebmesh_connect4", "ebmesh_connect6", "ebmesh_sendmsg4", "ebmesh_sendmsg6", "ebmesh_ingress",
-            "ebmesh_egress", "ebmesh_evaluate")
+PROGRAMS = ("ebmesh_connect4", "ebmesh_connect6", "ebmesh_sendmsg4", "ebmesh_sendmsg6", "ebmesh_getpeername4",
+            "ebmesh_getpeername6", "ebmesh_recvmsg4", "ebmesh_recvmsg6", "ebmesh_ingress", "ebmesh_egress",
+            "ebmesh_evaluate")
 MAPS = ("address_prefixes", "class_links", "rule_pairs", "port_intervals", "cgroup_workloads", "identities",
-        "services", "flows", "udp_replies", "authenticated_pairs", "rule_counters", "verdict_events", "lost_events")
+        "services", "backend_slots", "backends", "backend_counters", "socket_translations", "udp_translations",
+        "udp_affinity", "flows", "udp_replies", "authenticated_pairs", "rule_counters", "verdict_events",
+        "lost_events")
 
 
 def run_ebmesh(*arguments, launcher="python -m ebmesh", timeout=120, **options):
