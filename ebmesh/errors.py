@@ -43,11 +43,11 @@ class Diagnostic:
         head = f"{self.location}: {self.message}" if self.location else self.message
         lines = [head]
         if self.location is not None and self.source_line is not None:
-            text = self.source_line.rstrip("\n").expandtabs(1)
+            line = self.source_line.rstrip("\n").expandtabs(1)
+            text, offset = _excerpt(line, self.location.column - 1)
             lines.append(f"    {text}")
-            pad = " " * (self.location.column - 1)
-            width = max(1, min(self.location.length, len(text) - self.location.column + 1))
-            lines.append(f"    {pad}^{'~' * (width - 1)}")
+            width = max(1, min(self.location.length, len(text) - offset))
+            lines.append(f"    {' ' * offset}^{'~' * (width - 1)}")
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
@@ -55,6 +55,29 @@ class Diagnostic:
     def sort_key(self) -> tuple:
         loc = self.location
         return (loc.file, loc.line, loc.column) if loc else ("", 0, 0)
+
+
+_SHOWN_BEFORE = 40  # characters of a long source line shown before the caret
+_SHOWN_WIDTH = 120
+
+
+def _excerpt(line: str, offset: int) -> tuple[str, int]:
+    """The part of `line` to print, and where `offset` falls in it.
+
+    A long line (a generated policy on one line) is cut to a window around the
+    spot: printed whole for each of thousands of errors it would make the
+    message gigabytes long. Control characters print as '?', one for one, so
+    the caret stays aligned and nothing reaches the terminal raw.
+    """
+    start = 0
+    if len(line) > _SHOWN_WIDTH:
+        start = max(0, min(offset - _SHOWN_BEFORE, len(line) - _SHOWN_WIDTH))
+    shown = line[start : start + _SHOWN_WIDTH]
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else "?" for c in shown)
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if start + _SHOWN_WIDTH < len(line) else ""
+    return f"{prefix}{shown}{suffix}", len(prefix) + offset - start
 
 
 class PolicyError(EbmeshError):

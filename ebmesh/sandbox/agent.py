@@ -94,7 +94,7 @@ def connect(address: str, port: int, source: str | None = None, timeout: float =
         greeting = sock.recv(64).decode() if read else ""
         return {"ok": True, "seconds": time.monotonic() - started, "local": list(local[:2]),
                 "peer": list(peer[:2]), "greeting": greeting}
-    except socket.timeout:
+    except TimeoutError:
         return {"ok": False, "errno": errno.ETIMEDOUT, "seconds": time.monotonic() - started}
     except OSError as exc:
         return {"ok": False, "errno": exc.errno, "seconds": time.monotonic() - started}
@@ -150,7 +150,7 @@ def send(address: str, port: int, source: str | None = None, timeout: float = 1.
         try:
             data, peer = sock.recvfrom(2048)
             return {"ok": True, "seconds": sent, "reply": data.decode(), "peer": list(peer[:2])}
-        except socket.timeout:
+        except TimeoutError:
             return {"ok": True, "seconds": sent, "reply": None}
     except OSError as exc:
         return {"ok": False, "errno": exc.errno, "seconds": time.monotonic() - started}
@@ -170,7 +170,7 @@ def ask_many(address: str, port: int, count: int, source: str | None = None, tim
             data, peer = sock.recvfrom(2048)
             answers.append([data.decode(), list(peer[:2])])
         return {"ok": True, "answers": answers}
-    except socket.timeout:
+    except TimeoutError:
         return {"ok": False, "errno": errno.ETIMEDOUT, "answers": answers}
     except OSError as exc:
         return {"ok": False, "errno": exc.errno, "answers": answers}
