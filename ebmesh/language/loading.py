@@ -1,0 +1,48 @@
+"""`load(source)`: a checked `PolicyFile` from policy text, a file, or a parsed tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ebmesh.errors import Diagnostic, PolicyError
+from ebmesh.language.ast import PolicyFile
+from ebmesh.language.checks import check
+from ebmesh.language.gc_pause import cyclic_gc_paused
+from ebmesh.language.parser import parse
+
+
+def load(source: str | Path | PolicyFile) -> PolicyFile:
+    """Parse (unless already parsed) and check. Raises `PolicyError` with every mistake found.
+
+    A str is policy text, not a file name; a Path is read as UTF-8 (a leading
+    byte-order mark is dropped) and named in diagnostics as given.
+    """
+    with cyclic_gc_paused():
+        if isinstance(source, PolicyFile):
+            policy = source
+        elif isinstance(source, Path):
+            policy = parse(_read(source), filename=str(source))
+        elif isinstance(source, str):
+            policy = parse(source)
+        else:
+            raise TypeError(
+                f"load() takes policy text (str), a Path or a PolicyFile, not {type(source).__name__}"
+            )
+        check(policy)
+    return policy
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise PolicyError(
+            [Diagnostic(f"{path}: cannot read the policy: {error.strerror or error}")]
+        ) from None
+    try:
+        return data.decode("utf-8-sig")  # an editor's byte-order mark is not part of the policy
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise PolicyError(
+            [Diagnostic(f"{path}:{line}: the policy is not valid UTF-8 (byte {error.start})")]
+        ) from None

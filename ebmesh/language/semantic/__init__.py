@@ -1,0 +1,1 @@
+"""The semantic checks behind `ebmesh.language.checks.check`, one module per concern."""
