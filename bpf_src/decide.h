@@ -39,65 +39,70 @@ static __always_inline void merge_rule_set(struct rule_set *into, const struct r
 	into->audit = min_rule(into->audit, from->audit);
 }
 
-/* Binary search of one protocol's disjoint, sorted port intervals. */
-static __always_inline void match_ports(const struct port_table *table, __u32 proto_index,
-					__u16 port, struct rule_set *best)
+/* Binary search of one protocol's disjoint, sorted port intervals.
+ * Global, like match_pair: the verifier checks each once, instead of once per
+ * path through the nested side loops that call them. */
+__noinline int match_port_intervals(__u32 first, __u32 count, __u32 port, struct rule_set *best)
 {
-	__u32 first = table->first[proto_index & 1];
-	__u32 low = 0, high = table->count[proto_index & 1];
+	__u32 low = 0, high = count;
 
+	if (!best)
+		return 0;
 	for (int step = 0; step < PORT_SEARCH_STEPS; step++) {
 		if (low >= high)
-			return;
+			return 0;
 		__u32 middle = (low + high) / 2;
 		__u32 index = first + middle;
 		struct port_interval *interval = bpf_map_lookup_elem(&port_intervals, &index);
 
 		if (!interval)
-			return;
+			return 0;
 		if (port < interval->low) {
 			high = middle;
 		} else if (port > interval->high) {
 			low = middle + 1;
 		} else {
 			merge_rule_set(best, &interval->rules);
-			return;
+			return 1;
 		}
 	}
+	return 0;
 }
 
 struct match_state {
 	__u32 dst_identity;
 	__u32 dst_class_start;
 	__u32 proto_index;
-	__u16 port;
-	__u16 reserved;
+	__u32 port;
 	struct rule_set best;
 };
 
-static __always_inline void match_pair(__u32 src_side, __u32 dst_side, struct match_state *state)
+/* The rules of one (source side, destination side) pair that cover the port. */
+__noinline int match_pair(__u32 src_side, __u32 dst_side, __u32 proto_index, __u32 port, struct rule_set *best)
 {
 	struct rule_pair_key key = { .src = src_side, .dst = dst_side };
 	struct port_table *table = bpf_map_lookup_elem(&rule_pairs, &key);
 
-	if (table)
-		match_ports(table, state->proto_index, state->port, &state->best);
+	if (!table || !best)
+		return 0;
+	proto_index &= 1;
+	return match_port_intervals(table->first[proto_index], table->count[proto_index], port, best);
 }
 
 /* Every destination side of the flow against one source side. */
 static __always_inline void match_source_side(__u32 src_kind, __u32 src_side, struct match_state *state)
 {
 	if (POLICY_HAS_PAIRS(src_kind, SIDE_KIND_IDENTITY) && state->dst_identity != NO_IDENTITY)
-		match_pair(src_side, SIDE_IDENTITY | state->dst_identity, state);
+		match_pair(src_side, SIDE_IDENTITY | state->dst_identity, state->proto_index, state->port, &state->best);
 	if (POLICY_HAS_PAIRS(src_kind, SIDE_KIND_ANY))
-		match_pair(src_side, SIDE_ANY, state);
+		match_pair(src_side, SIDE_ANY, state->proto_index, state->port, &state->best);
 	if (POLICY_HAS_PAIRS(src_kind, SIDE_KIND_CLASS)) {
 		__u32 class_id = state->dst_class_start;
 
 		for (int depth = 0; depth < MAX_DST_PREFIX_NESTING; depth++) {
 			if (!class_id)
 				break;
-			match_pair(src_side, SIDE_CLASS | class_id, state);
+			match_pair(src_side, SIDE_CLASS | class_id, state->proto_index, state->port, &state->best);
 			struct class_links *links = bpf_map_lookup_elem(&class_links, &class_id);
 			class_id = links ? links->dst_parent : 0;
 		}
@@ -121,13 +126,17 @@ static __always_inline bool pair_authenticated(__u32 src_identity, __u32 dst_ide
 __noinline int decide(struct flow *flow, struct decision *out)
 {
 	const struct address_class *src_class = NULL, *dst_class;
-	struct match_state state = {
-		.best = { NO_RULE, NO_RULE, NO_RULE, NO_RULE },
-	};
+	struct match_state state = {};
 	__u32 verdict, rule = 0, flags = 0;
 
 	if (!flow || !out)
 		return 0;
+	/* Field by field: a constant initializer would become a .rodata.cst32
+	 * section, global data that libbpf 1.1 cannot always load. */
+	state.best.deny = NO_RULE;
+	state.best.allow = NO_RULE;
+	state.best.mtls = NO_RULE;
+	state.best.audit = NO_RULE;
 
 	if (flow->flags & FLOW_SRC_ADDRESS_KNOWN)
 		src_class = classify_address(flow->family, flow->src_addr);
