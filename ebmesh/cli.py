@@ -79,35 +79,64 @@ def cmd_compile(args) -> int:
     return EXIT_OK
 
 
+def _print_counters(attachment) -> None:
+    for count in attachment.counters().values():
+        if count.decided or count.audited:
+            where = f"rule {count.rule_id} ({count.rule})" if count.rule else "default"
+            print(f"  {where}: decided {count.decided}, audited {count.audited}", file=sys.stderr)
+    for service, backends in attachment.backend_counters().items():
+        spread = ", ".join(f"{backend} {connections}" for backend, connections in backends.items())
+        print(f"  {service}: {spread or 'no backends'}", file=sys.stderr)
+
+
 def cmd_apply(args) -> int:
+    from ebmesh.live import bring_up_to_date
+
     _require_root("ebmesh apply")
-    compiled = _compile(_policy_path(args.file))
-    stop = {"requested": False}
+    path = _policy_path(args.file)
+    compiled = _compile(path)
+    seen = path.stat().st_mtime_ns
+    stop = {"requested": False, "reload": False}
 
     def request_stop(signum, frame):
         stop["requested"] = True
 
+    def request_reload(signum, frame):
+        stop["reload"] = True
+
     attachment = compiled.attach(args.cgroup, force=args.force, events=args.events)
-    # Only once attached: a refused attach must not leave SIGTERM swallowed.
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    # Only once attached: a refused attach must not leave these signals swallowed.
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGTERM, request_stop), (signal.SIGHUP, request_reload))}
     try:
-        print(f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches", file=sys.stderr, flush=True)
+        print(f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches, "
+              "editing the file (or SIGHUP) applies it", file=sys.stderr, flush=True)
         while not stop["requested"]:
             for event in attachment.poll_events(0.2):
                 print(event, flush=True)
+            changed = args.watch and path.stat().st_mtime_ns != seen
+            if changed or stop["reload"]:
+                seen, stop["reload"] = path.stat().st_mtime_ns, False
+                try:
+                    edited = _compile(path)
+                except PolicyError as error:
+                    print(f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",
+                          file=sys.stderr, flush=True)
+                    continue
+                attachment, what = bring_up_to_date(attachment, compiled, edited)
+                compiled = edited
+                print(f"ebmesh: {args.file} changed: {what}", file=sys.stderr, flush=True)
+                _print_counters(attachment)
     except KeyboardInterrupt:
         pass
     finally:
         try:
-            counters = attachment.counters()
+            print(f"ebmesh: detaching from {attachment.cgroup}", file=sys.stderr)
+            _print_counters(attachment)
         finally:  # detach whatever happened reading the counters
             attachment.detach()
-            signal.signal(signal.SIGTERM, previous)
-    print(f"ebmesh: detached from {attachment.cgroup}", file=sys.stderr)
-    for count in counters.values():
-        if count.decided or count.audited:
-            where = f"rule {count.rule_id} ({count.rule})" if count.rule else "default"
-            print(f"  {where}: decided {count.decided}, audited {count.audited}", file=sys.stderr)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return EXIT_OK
 
 
@@ -161,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--cgroup", required=True, help="cgroup v2 directory (absolute or relative to the mount)")
     apply.add_argument("--events", choices=("all", "denied", "none"), default="all")
     apply.add_argument("--force", action="store_true", help="allow attaching to the root cgroup")
+    apply.add_argument("--no-watch", dest="watch", action="store_false",
+                       help="do not re-read the file when it changes (SIGHUP still does)")
     apply.set_defaults(run=cmd_apply)
 
     explain = commands.add_parser("explain", help="the kernel's verdict for one flow, and the rule behind it")

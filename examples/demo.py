@@ -15,7 +15,9 @@ import ebmesh
 from ebmesh.sandbox import Agent, throwaway_cgroup
 
 HERE = Path(__file__).resolve().parent
-ADDRESS = {"frontend": "127.0.1.1", "api": "127.0.2.1", "db": "127.0.3.1", "dns": "127.0.53.1", "mail": "127.0.25.1"}
+ADDRESS = {"frontend": "127.0.1.1", "api": "127.0.2.1", "db": "127.0.3.1", "dns": "127.0.53.1", "mail": "127.0.25.1",
+           "api-svc": "127.0.96.10"}
+API_BACKENDS = ("127.0.2.1", "127.0.2.2")
 
 
 def say(text: str = "") -> None:
@@ -44,6 +46,18 @@ def attempt(agents, attachment, client: str, server: str, port: int, protocol: s
     say(f"  {client:>8} -> {server:<8} {port:>5}/{protocol}  {outcome:<28} {why}")
 
 
+def balance(agents, attachment, client: str, connects: int) -> None:
+    before = attachment.backend_counters()["api-svc"]
+    result = agents[client].connect_many(ADDRESS["api-svc"], 80, connects, source=ADDRESS[client])
+    after = attachment.backend_counters()["api-svc"]
+    for backend, count in after.items():
+        share = count - before.get(backend, 0)
+        say(f"   {backend:<16} {share:>4} connects {'#' * (share // 8)}")
+    failed = connects - result["succeeded"]
+    say(f"   {result['succeeded']} of {connects} connected ({failed} failed) in {result['seconds']:.2f} s")
+    attachment.poll_events(0.0)  # drop these verdicts from the stream
+
+
 def main() -> int:
     if os.geteuid() != 0:
         say("make demo attaches eBPF programs to cgroups: run it as root.")
@@ -64,7 +78,8 @@ def main() -> int:
             for name in ("frontend", "api", "db"):
                 agents[name] = Agent(root / name, name=name)
             agents["outside"] = Agent(None, name="outside")  # dns and mail: off the mesh
-            agents["api"].listen("tcp", ADDRESS["api"], 8080)
+            for backend in API_BACKENDS:
+                agents["api"].listen("tcp", backend, 8080)
             agents["db"].listen("tcp", ADDRESS["db"], 5432)
             agents["outside"].listen("udp", ADDRESS["dns"], 53)
             agents["outside"].listen("tcp", ADDRESS["mail"], 25)
@@ -75,11 +90,21 @@ def main() -> int:
                                                  ((compiled.image.naming.identity(i), p) for i, p in attachment.workload_cgroups.items())))
                 say("\n== connections under the policy (verdicts read back from the kernel's event ring)")
                 attempt(agents, attachment, "frontend", "api", 8080)
+                attempt(agents, attachment, "frontend", "api-svc", 80)
                 attempt(agents, attachment, "frontend", "db", 5432)
                 attempt(agents, attachment, "api", "db", 5432)
                 attempt(agents, attachment, "api", "mail", 25)
                 attempt(agents, attachment, "frontend", "dns", 53, "udp")
                 attempt(agents, attachment, "db", "api", 8080)
+
+                say("\n== load balancing: frontend connects to api-svc (127.0.96.10:80), backends weighted 3:1")
+                balance(agents, attachment, "frontend", connects=400)
+                say("   set_backends live, no reload: weights 1:3")
+                attachment.set_backends("api-svc", {f"{API_BACKENDS[0]}:8080": 1, f"{API_BACKENDS[1]}:8080": 3})
+                balance(agents, attachment, "frontend", connects=400)
+                result = agents["frontend"].connect(ADDRESS["api-svc"], 80, source=ADDRESS["frontend"])
+                say(f"   the application sees the VIP as its peer: getpeername() = {result['peer'][0]}:{result['peer'][1]}")
+                attachment.poll_events(0.0)
 
                 say("\n== per-rule counters")
                 for count in attachment.counters().values():

@@ -33,6 +33,7 @@ class Attachment:
     ):
         self.cgroup: Path = cgroups.resolve(cgroup)
         cgroups.refuse_root(self.cgroup, force)
+        self.forced, self.event_level = force, events
         self._image = image
         self._links: list[BpfLink] = []
         self._ring: RingBuffer | None = None

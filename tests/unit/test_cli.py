@@ -374,7 +374,7 @@ def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_
         process.send_signal(stop_signal)
         assert process.wait(timeout=20) == 0, err.rest()
         errors = err.rest()
-        assert any(f"detached from {root}" in line for line in errors), errors
+        assert any(f"detaching from {root}" in line for line in errors), errors
         assert any(re.search(r"rule 1 \(.*\): decided 2, audited 0", line) for line in errors), errors
         assert any("default: decided 1" in line for line in errors), errors
         assert not any("Traceback" in line for line in errors), errors
@@ -384,6 +384,63 @@ def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_
             process.wait()
     assert attached_programs(root) == {name: [] for name in attached_programs(root)}
     assert client.connect(SERVER, 9090, source=CLIENT)["ok"]  # the policy is gone
+
+
+SERVICE_POLICY = f"""\
+mesh loop {{
+    workload client {{ cgroup "client" address {CLIENT} }}
+    workload server {{ cgroup "server" address 127.0.2.0/24 }}
+    service web 127.0.96.10:80/tcp {{
+        backend 127.0.2.1:8080 weight 1
+        backend 127.0.2.2:8080 weight 0
+    }}
+    allow client -> web
+}}
+"""
+
+
+@pytest.mark.kernel
+def test_apply_takes_edits_of_the_file(cgroup_tree, spawn, tmp_path):
+    """Backends changed in the file move traffic in place; a changed rule swaps the policy."""
+    root = cgroup_tree("client", "server")
+    server, client = spawn(root / "server", name="server"), spawn(root / "client", name="client")
+    for address in ("127.0.2.1", "127.0.2.2"):
+        server.listen("tcp", address, 8080)
+    policy = tmp_path / "live.mesh"
+    policy.write_text(SERVICE_POLICY)
+    process = subprocess.Popen([*LAUNCHERS["python -m ebmesh"], "apply", str(policy), "--cgroup", str(root),
+                                "--events", "none"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, text=True)
+    try:
+        err = Lines(process.stderr)
+        Lines(process.stdout)
+        err.wait_for(lambda line: "attached to" in line, timeout=60)
+        assert client.connect_many("127.0.96.10", 80, 20, source=CLIENT)["succeeded"] == 20
+        assert server.accepted("tcp", "127.0.2.1", 8080) == 20
+
+        time.sleep(0.01)  # a new mtime
+        policy.write_text(SERVICE_POLICY.replace("weight 1", "weight 0").replace("weight 0\n    }", "weight 5\n    }"))
+        err.wait_for(lambda line: "backends of web changed in place" in line, timeout=30)
+        err.wait_for(lambda line: "127.0.2.1:8080 20, 127.0.2.2:8080 0" in line, timeout=10)
+        assert client.connect_many("127.0.96.10", 80, 20, source=CLIENT)["succeeded"] == 20
+        assert server.accepted("tcp", "127.0.2.2", 8080) == 20
+
+        policy.write_text(SERVICE_POLICY.replace("allow client -> web", "deny client -> web"))
+        err.wait_for(lambda line: "policy replaced" in line, timeout=30)
+        refused = client.connect("127.0.96.10", 80, source=CLIENT)
+        assert not refused["ok"] and refused["errno"] == errno.EPERM
+
+        policy.write_text("mesh loop { this is not a policy }\n")
+        err.wait_for(lambda line: "has errors; the running policy stays" in line, timeout=30)
+        assert client.connect("127.0.96.10", 80, source=CLIENT)["errno"] == errno.EPERM
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, err.rest()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert attached_programs(root) == {name: [] for name in attached_programs(root)}
 
 
 HARMLESS = 'mesh harmless {\n    default allow\n    workload nobody { address 192.0.2.1 }\n}\n'

@@ -1,0 +1,51 @@
+"""Bringing a running attachment up to date with an edited policy.
+
+If only services' backends changed, they are changed in place
+(`Attachment.set_backends`: no reload, no failed connection). Anything else
+means new tables: the new policy is attached first and the old one detached
+after, so there is no moment without a policy.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ebmesh.ir.model import Policy, Service
+from ebmesh.policy import CompiledPolicy
+from ebmesh.runtime.attachment import Attachment
+
+
+def _backend_key(service: Service, backend) -> str:
+    host = f"[{backend.address}]" if backend.address.version == 6 else str(backend.address)
+    return f"{host}:{backend.port}"
+
+
+def backend_changes(old: Policy, new: Policy) -> dict[str, dict[str, int]] | None:
+    """{service: {"ADDR:PORT": weight}} for services whose backends changed, if
+    nothing else did (rules, workloads, settings, even line numbers); else None."""
+
+    def without_backends(policy: Policy) -> Policy:
+        services = tuple(dataclasses.replace(s, backends=()) for s in policy.services)
+        return dataclasses.replace(policy, services=services)
+
+    if without_backends(old) != without_backends(new):
+        return None
+    changes = {}
+    for before, after in zip(old.services, new.services):
+        weights = lambda service: [(_backend_key(service, b), b.weight) for b in service.backends]  # noqa: E731
+        if weights(before) != weights(after):
+            changes[after.name] = dict(weights(after))
+    return changes
+
+
+def bring_up_to_date(attachment: Attachment, running: CompiledPolicy, edited: CompiledPolicy) -> tuple[Attachment, str]:
+    """The attachment now enforcing `edited`, and what was done."""
+    changes = backend_changes(running.policy, edited.policy)
+    if changes == {}:
+        return attachment, "nothing to change"
+    if changes is not None:
+        for service, backends in changes.items():
+            attachment.set_backends(service, backends)
+        return attachment, f"backends of {', '.join(sorted(changes))} changed in place"
+    replacement = edited.attach(attachment.cgroup, force=attachment.forced, events=attachment.event_level)
+    attachment.detach()
+    return replacement, "policy replaced: the new one attached, then the old one detached"
