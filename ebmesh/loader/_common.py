@@ -5,8 +5,32 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from ..errors import LibbpfError
+
+_Owned = TypeVar("_Owned", bound="OwnedResource")
+
+
+class OwnedResource:
+    """Something this process owns until `close()`: a `with` block or garbage
+    collection closes it too (like libbpf-rs objects dropped, or cilium/ebpf's
+    Close). Subclasses implement an idempotent `close()`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Owned) -> _Owned:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
 
 
 @contextmanager
@@ -15,10 +39,7 @@ def annotate(detail: str) -> Iterator[None]:
     try:
         yield
     except LibbpfError as exc:
-        combined = f"{detail}: {exc.detail}" if exc.detail else detail
-        raise LibbpfError(exc.function, exc.errno, exc.log, combined).with_traceback(
-            exc.__traceback__
-        ) from None
+        raise with_detail(exc, detail).with_traceback(exc.__traceback__) from None
 
 
 def with_detail(exc: LibbpfError, detail: str) -> LibbpfError:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from ._common import annotate, decode, path_bytes
+from ._common import OwnedResource, annotate, decode, path_bytes
 from .libbpf import lib
 
 
-class BpfLink:
+class BpfLink(OwnedResource):
     """An owned bpf_link (from `BpfProgram.attach_cgroup` or `BpfLink.open_pinned`).
 
     `close()` destroys our handle: the program is detached unless the link is
@@ -71,18 +71,6 @@ class BpfLink:
         if handle is not None:
             with annotate(f"destroying link {self._description}"):
                 lib.bpf_link__destroy(handle)
-
-    def __enter__(self) -> BpfLink:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else "open"

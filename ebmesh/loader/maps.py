@@ -10,7 +10,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from ..errors import LibbpfError
-from ._common import annotate, decode, path_bytes, with_detail
+from ._common import OwnedResource, annotate, decode, path_bytes, with_detail
 from .constants import BPF_ANY, ENOTSUPP, PERCPU_MAP_TYPES, MapType, to_enum
 from .libbpf import BpfMapBatchOpts, BpfMapInfo, lib
 
@@ -31,7 +31,7 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-class BpfMap:
+class BpfMap(OwnedResource):
     """One BPF map.
 
     Either borrowed from a `BpfObject` (valid until the object is closed;
@@ -405,15 +405,3 @@ class BpfMap:
         if self._handle is None and self._own_fd is not None:
             fd, self._own_fd = self._own_fd, None
             os.close(fd)
-
-    def __enter__(self) -> BpfMap:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import LibbpfError
-from ._common import annotate, path_bytes, with_detail
+from ._common import OwnedResource, annotate, path_bytes, with_detail
 from .libbpf import BpfObjectOpenOpts, lib
 from .maps import BpfMap
 from .privileges import require_bpf_privileges
@@ -29,7 +29,7 @@ def _map_key(kernel_name: str, internal: bool) -> str:
     return kernel_name
 
 
-class BpfObject:
+class BpfObject(OwnedResource):
     """An opened BPF object (bpf_object__open_mem), loaded with `load()`.
 
     Lifecycle: open -> configure (`maps[...].set_max_entries`,
@@ -152,18 +152,6 @@ class BpfObject:
         if handle is not None:
             lib.bpf_object__close(handle)
         self._data = None
-
-    def __enter__(self) -> BpfObject:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("loaded" if self._loaded else "open")

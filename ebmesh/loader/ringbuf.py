@@ -7,7 +7,7 @@ import errno
 from collections.abc import Callable
 
 from ..errors import LibbpfError
-from ._common import annotate
+from ._common import OwnedResource, annotate
 from .libbpf import RingBufferSampleFn, lib
 from .maps import BpfMap
 
@@ -15,7 +15,7 @@ from .maps import BpfMap
 _STOP = -errno.ECANCELED
 
 
-class RingBuffer:
+class RingBuffer(OwnedResource):
     """Reads records from one or more ring buffer maps.
 
     `callback(record: bytes)` runs inside `poll()`/`consume()`, on the calling
@@ -92,15 +92,3 @@ class RingBuffer:
         if handle is not None:
             lib.ring_buffer__free(handle)
         self._maps.clear()
-
-    def __enter__(self) -> RingBuffer:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
