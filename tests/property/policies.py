@@ -75,7 +75,7 @@ def universes(draw, families=(4, 6)) -> Universe:
     for index in range(draw(st.integers(0, 2))):
         family = draw(st.sampled_from(families))
         vip = _prefix(draw, family).network_address
-        port = draw(st.sampled_from(PORTS))
+        port = draw(st.sampled_from([p for p in PORTS if p]))  # a service port is 1-65535
         protocol = draw(st.sampled_from(["tcp", "udp"]))
         if (vip, port, protocol) in vips:
             continue
@@ -154,7 +154,11 @@ def policies(draw, families=(4, 6), max_rules: int = 12, universe: Universe | No
         action = draw(st.sampled_from(["allow", "deny"]))
         source = draw(sides(universe, families, destination=False))
         target = draw(sides(universe, families, destination=True))
-        rule = f"    {action} {source} -> {target}{draw(port_clauses())}"
+        if source in universe.remote and target in universe.remote + universe.services:
+            source = "any"  # neither end could be local: such a rule cannot be enforced
+        names_a_service = any(service in target.strip("[]").split(", ") for service in universe.services)
+        ports = "" if names_a_service else draw(port_clauses())  # a service has its own port
+        rule = f"    {action} {source} -> {target}{ports}"
         if action == "deny" and draw(st.integers(0, 4)) == 0:
             rule += " audit"
         if (
