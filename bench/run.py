@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""ebmesh benchmark: datapath cost per connection and compile+attach time, by policy size.
+"""ebmesh benchmark: datapath cost per connection and compile+attach time, by policy size;
+and the cost of a connect to a load-balanced service VIP (bench/balancing.py).
 
     sudo .venv/bin/python bench/run.py                  # what `make bench` runs
     sudo .venv/bin/python bench/run.py --quick          # fewer rounds and connects
     sudo .venv/bin/python bench/run.py --sizes 10,10000 --rounds 3
+    sudo .venv/bin/python bench/run.py --parts lb       # only the load-balancing part
 
 Prints tables and writes bench/results/latest.json. See bench/README.md for
 what is measured and how to read it. Needs root: it attaches the policies to
@@ -34,6 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+import balancing  # noqa: E402
 import policy_gen  # noqa: E402
 
 import ebmesh  # noqa: E402
@@ -558,6 +561,7 @@ def build_results(runs: list[SizeRun], args, machine: dict, toolchain: dict) -> 
             "what_if_gc_paused": args.what_if_gc_paused,
             "pinned_cpus_client_server": args.pin,
             "compile_repeats": args.compile_repeats,
+            "parts": sorted(args.parts),
             "cold_cache": "fresh EBMESH_CACHE_DIR per cold run; vmlinux.h pre-warmed (copied in), objects cold",
             "per_connection": "sum over all attached programs of delta run_time_ns / connects (median of rounds)",
             "decision_programs": list(DECISION_PROGRAMS),
@@ -682,7 +686,12 @@ def print_report(results: dict) -> None:
     print()
     if results["toolchain"].get("parser_fast_path") is False:
         print(PARSER_WARNING)
-    print("All goals met." if results["all_goals_met"] else "Some goals NOT met (see 'goal met?').")
+    rule_goals_met = all(c["met"] for checks in goals.values() for c in checks.values())
+    print(
+        "Rule-count goals: all met."
+        if rule_goals_met
+        else "Rule-count goals: some NOT met (see 'goal met?')."
+    )
     if results["settings"]["what_if_gc_paused"]:
         print(WHAT_IF_BANNER)
 
@@ -778,7 +787,28 @@ def _parse_args(argv):
         "(default: %(default)s). Unpinned, where the scheduler happens to put each size's "
         "pair biases that size by several percent for the whole run",
     )
-    parser.add_argument("--seed", type=int, default=1, help="policy generator seed")
+    parser.add_argument("--seed", type=int, default=1, help="policy generator (and weights) seed")
+    parser.add_argument(
+        "--parts",
+        default="rules,lb",
+        help="which parts to run: 'rules' (by policy size), 'lb' (load balancing), "
+        "comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lb-backends",
+        default=",".join(map(str, balancing.DEFAULT_BACKENDS)),
+        help="backend counts of the measured service (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lb-services",
+        type=int,
+        default=balancing.DEFAULT_EXTRA_SERVICES,
+        help="other services (1 backend each) declared next to the largest backend count, "
+        "in one more configuration; 0: none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lb-rounds", type=int, help="load-balancing rounds, median reported (default 7)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -787,15 +817,27 @@ def _parse_args(argv):
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+    if not args.parts or args.parts - {"rules", "lb"}:
+        parser.error("--parts takes 'rules', 'lb' or both")
+    args.lb_backends = [int(n) for n in args.lb_backends.split(",") if n.strip()]
+    if not args.lb_backends or min(args.lb_backends) < 1:
+        parser.error("--lb-backends wants positive backend counts")
     if args.pin == "none":
         args.pin = None
     else:
         args.pin = tuple(int(cpu) for cpu in args.pin.split(","))
         if len(args.pin) != 2 or any(cpu not in os.sched_getaffinity(0) for cpu in args.pin):
             parser.error(f"--pin wants two CPUs among {sorted(os.sched_getaffinity(0))}, or 'none'")
-    defaults = {"rounds": 5, "connects": 3000, "warmup": 500, "compile_repeats": 3}
+    defaults = {"rounds": 5, "connects": 3000, "warmup": 500, "compile_repeats": 3, "lb_rounds": 7}
     if args.quick:
-        defaults = {"rounds": 3, "connects": 1000, "warmup": 200, "compile_repeats": 1}
+        defaults = {
+            "rounds": 3,
+            "connects": 1000,
+            "warmup": 200,
+            "compile_repeats": 1,
+            "lb_rounds": 3,
+        }
     for name, value in defaults.items():  # explicit options win over --quick
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -824,10 +866,17 @@ def main(argv=None) -> int:
     busy = _busiest_other_processes()
     if args.what_if_gc_paused:
         print(WHAT_IF_BANNER)
-    print(f"ebmesh benchmark: sizes {args.sizes}, {args.rounds} rounds x {args.connects} connects")
+    if "rules" in args.parts:
+        print(
+            f"ebmesh benchmark: sizes {args.sizes}, {args.rounds} rounds x {args.connects} connects"
+        )
     if busy:
         print("  note: other busy processes (expect noise): " + "; ".join(busy))
-    runs = [SizeRun(rules, index) for index, rules in enumerate(sorted(args.sizes))]
+    runs = (
+        [SizeRun(rules, index) for index, rules in enumerate(sorted(args.sizes))]
+        if "rules" in args.parts
+        else []
+    )
     with contextlib.ExitStack() as stack:
         scratch, toolchain = _prepare_toolchain()
         stack.callback(shutil.rmtree, scratch, True)
@@ -838,12 +887,33 @@ def main(argv=None) -> int:
         if toolchain["parser_fast_path"] is False:
             print(PARSER_WARNING)
         vmlinux_dir = Path(toolchain["vmlinux_dir"])
-        for run in runs:
-            prepare_size(run, stack, args, vmlinux_dir)
-        measure_datapath(runs, args)
+        # Each part removes what it attached and created before the next one starts.
+        if runs:
+            with contextlib.ExitStack() as rules_stack:
+                for run in runs:
+                    prepare_size(run, rules_stack, args, vmlinux_dir)
+                measure_datapath(runs, args)
+        lb = None
+        if "lb" in args.parts:
+            with contextlib.ExitStack() as lb_stack:
+                lb = balancing.run(
+                    args,
+                    lb_stack,
+                    safe_target=_safe_attach_target,
+                    pin=_pin,
+                    vmlinux_dir=vmlinux_dir,
+                )
         results = build_results(runs, args, machine, toolchain)
+        if lb is not None:
+            results["balancing"] = lb
+            results["all_goals_met"] = results["all_goals_met"] and lb["all_goals_met"]
     # Everything attached or created above is gone by now.
-    print_report(results)
+    if runs:
+        print_report(results)
+    if lb is not None:
+        balancing.print_report(lb)
+    print()
+    print("All goals met." if results["all_goals_met"] else "Some goals NOT met (see 'goal met?').")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import selectors
 import socket
 import sys
 import threading
@@ -68,6 +69,88 @@ def listen(protocol: str, address: str, port: int) -> dict:
     target = _serve_tcp if protocol == "tcp" else _serve_udp
     threading.Thread(target=target, args=(key, server), daemon=True).start()
     return {"ok": True, "id": key, "port": server.getsockname()[1]}
+
+
+class _ListenerGroup:
+    """Many TCP listeners served by ONE thread (epoll): accept, send the greeting, close.
+    A thread per listener, as `listen` does, would be 1,000 threads for 1,000 backends."""
+
+    def __init__(self, endpoints: list, backlog: int):
+        self.selector = selectors.DefaultSelector()
+        self.counts: dict[str, int] = {}
+        self.sockets: list[socket.socket] = []
+        self._wake_read, self._wake_write = socket.socketpair()
+        self.selector.register(self._wake_read, selectors.EVENT_READ, None)
+        try:
+            for address, port in endpoints:
+                server = socket.socket(_family(address), socket.SOCK_STREAM)
+                self.sockets.append(server)
+                server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                server.bind((address, port))
+                server.listen(backlog)
+                server.setblocking(False)
+                name = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+                self.counts[name] = 0
+                self.selector.register(server, selectors.EVENT_READ, name)
+        except OSError:
+            self.close()
+            raise
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            for key, _ in self.selector.select():
+                if key.data is None:  # woken by close()
+                    return
+                while True:
+                    try:
+                        conn, _ = key.fileobj.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        return
+                    with _lock:
+                        self.counts[key.data] += 1
+                    try:
+                        conn.sendall(b"hello\n")
+                    except OSError:
+                        pass
+                    conn.close()
+
+    def close(self) -> None:
+        self._wake_write.send(b"x")
+        if getattr(self, "thread", None) is not None:
+            self.thread.join(timeout=2)
+        for server in self.sockets:
+            server.close()
+        self.selector.close()
+        self._wake_read.close()
+        self._wake_write.close()
+
+
+_groups: dict[int, _ListenerGroup] = {}
+
+
+def listen_many(endpoints: list, backlog: int = 128) -> dict:
+    """TCP listeners on every [address, port] of `endpoints`, all served by one thread."""
+    group = _ListenerGroup(endpoints, backlog)
+    key = group._wake_read.fileno()
+    _groups[key] = group
+    return {"ok": True, "id": key, "listeners": len(group.sockets)}
+
+
+def accepted_many(id: int) -> dict:
+    """Connections each listener of a `listen_many` group has taken, by "ADDRESS:PORT"."""
+    with _lock:
+        return {"ok": True, "counts": dict(_groups[id].counts)}
+
+
+def close_many(id: int) -> dict:
+    group = _groups.pop(id, None)
+    if group is not None:
+        group.close()
+    return {"ok": True}
 
 
 def _bind_source(sock: socket.socket, source: str | None) -> None:
@@ -191,7 +274,8 @@ def close(id: int) -> dict:
 
 
 COMMANDS = {"listen": listen, "connect": connect, "connect_many": connect_many, "send": send,
-            "ask_many": ask_many, "accepted": accepted, "close": close}
+            "ask_many": ask_many, "accepted": accepted, "close": close,
+            "listen_many": listen_many, "accepted_many": accepted_many, "close_many": close_many}
 
 
 def main() -> None:

@@ -58,6 +58,21 @@ class Agent:
         self._listeners[(protocol, address, answer["port"])] = answer["id"]
         return answer["port"]
 
+    def listen_many(self, endpoints: list[tuple[str, int]], backlog: int = 128) -> int:
+        """TCP listeners on every (address, port), all served by one thread of the agent
+        (a thread per listener, as `listen` has, does not scale to 1,000 backends).
+        Each accepted connection gets the greeting and is closed. Returns the group's id."""
+        answer = self.call("listen_many", endpoints=[list(e) for e in endpoints], backlog=backlog)
+        assert answer["ok"], answer
+        return answer["id"]
+
+    def accepted_many(self, group: int) -> dict[str, int]:
+        """Connections taken per listener of a `listen_many` group, by "ADDRESS:PORT"."""
+        return self.call("accepted_many", id=group)["counts"]
+
+    def close_many(self, group: int) -> None:
+        self.call("close_many", id=group)
+
     def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0,
                 destination_options: bool = False) -> dict:
         return self.call("connect", address=address, port=port, source=source, timeout=timeout,
