@@ -1,11 +1,12 @@
 """ebmesh: a sidecar-free service mesh, compiled to eBPF and enforced at the socket.
 
-    import ebmesh
-    compiled = ebmesh.compile(Path("shop.mesh"))
-    with compiled.attach("/sys/fs/cgroup/unified/shop") as attachment:
-        for event in attachment.events():
-            print(event)
+import ebmesh
+compiled = ebmesh.compile(Path("shop.mesh"))
+with compiled.attach("/sys/fs/cgroup/unified/shop") as attachment:
+    for event in attachment.events():
+        print(event)
 """
+
 from ebmesh.errors import (
     AttachError,
     Diagnostic,

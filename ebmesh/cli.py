@@ -3,6 +3,7 @@
 Exit codes: 0 ok, 1 the policy has errors, 2 usage or environment errors
 (no clang, not root, no BTF, a kernel refusal), each with what to do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ class UsageError(EbmeshError):
 
 def _require_root(action: str) -> None:
     if os.geteuid() != 0:
-        raise EnvironmentProblem(f"{action} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run it with sudo")
+        raise EnvironmentProblem(
+            f"{action} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run it with sudo"
+        )
     if not Path("/sys/kernel/btf/vmlinux").exists():
         raise EnvironmentProblem(
             "this kernel exposes no BTF at /sys/kernel/btf/vmlinux; ebmesh needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
@@ -90,9 +93,9 @@ def _print_counters(attachment) -> None:
 
 
 def cmd_apply(args) -> int:
+    _require_root("ebmesh apply")
     from ebmesh.live import bring_up_to_date
 
-    _require_root("ebmesh apply")
     path = _policy_path(args.file)
     compiled = _compile(path)
     seen = path.stat().st_mtime_ns
@@ -106,11 +109,17 @@ def cmd_apply(args) -> int:
 
     attachment = compiled.attach(args.cgroup, force=args.force, events=args.events)
     # Only once attached: a refused attach must not leave these signals swallowed.
-    previous = {sig: signal.signal(sig, handler) for sig, handler in
-                ((signal.SIGTERM, request_stop), (signal.SIGHUP, request_reload))}
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in ((signal.SIGTERM, request_stop), (signal.SIGHUP, request_reload))
+    }
     try:
-        print(f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches, "
-              "editing the file (or SIGHUP) applies it", file=sys.stderr, flush=True)
+        print(
+            f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches, "
+            "editing the file (or SIGHUP) applies it",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop["requested"]:
             for event in attachment.poll_events(0.2):
                 print(event, flush=True)
@@ -120,8 +129,11 @@ def cmd_apply(args) -> int:
                 try:
                     edited = _compile(path)
                 except PolicyError as error:
-                    print(f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     continue
                 attachment, what = bring_up_to_date(attachment, compiled, edited)
                 compiled = edited
@@ -140,7 +152,9 @@ def cmd_apply(args) -> int:
     return EXIT_OK
 
 
-_DESTINATION = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d+)(?:/(?P<proto>tcp|udp))?$")
+_DESTINATION = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d+)(?:/(?P<proto>tcp|udp))?$"
+)
 
 
 def parse_destination(text: str) -> tuple[str, int | None, str]:
@@ -150,7 +164,9 @@ def parse_destination(text: str) -> tuple[str, int | None, str]:
         return match["v6"] or match["host"], int(match["port"]), match["proto"] or "tcp"
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", text):
         return text, None, "tcp"
-    raise UsageError(f"--to wants ADDR:PORT/PROTO (e.g. 10.0.2.10:8080/tcp or [fd00::1]:80/udp) or a service name, not {text!r}")
+    raise UsageError(
+        f"--to wants ADDR:PORT/PROTO (e.g. 10.0.2.10:8080/tcp or [fd00::1]:80/udp) or a service name, not {text!r}"
+    )
 
 
 def cmd_explain(args) -> int:
@@ -160,17 +176,23 @@ def cmd_explain(args) -> int:
     if port is None:
         service = next((s for s in compiled.policy.services if s.name == destination), None)
         if service is None:
-            raise UsageError(f"{destination!r} is not a service; give a port: --to {destination}:PORT/PROTO")
+            raise UsageError(
+                f"{destination!r} is not a service; give a port: --to {destination}:PORT/PROTO"
+            )
         port, protocol = service.port, service.protocol.label
     source = None if args.source == "-" else args.source
     with compiled:
-        evaluation = compiled.evaluate(source, destination, port, protocol, source_address=args.from_address)
+        evaluation = compiled.evaluate(
+            source, destination, port, protocol, source_address=args.from_address
+        )
     print(evaluation)
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ebmesh", description="A sidecar-free service mesh compiled to eBPF.")
+    parser = argparse.ArgumentParser(
+        prog="ebmesh", description="A sidecar-free service mesh compiled to eBPF."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="check a policy and report every error")
@@ -180,26 +202,49 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="compile a policy to a BPF object")
     compile_.add_argument("file")
     compile_.add_argument("-o", "--output", help="object file to write (default: FILE with .o)")
-    compile_.add_argument("--emit-c", nargs="?", const="-", metavar="DIR",
-                          help="print the generated header, or write all generated C into DIR")
-    compile_.add_argument("--inspect", action="store_true", help="describe the object's programs and maps")
+    compile_.add_argument(
+        "--emit-c",
+        nargs="?",
+        const="-",
+        metavar="DIR",
+        help="print the generated header, or write all generated C into DIR",
+    )
+    compile_.add_argument(
+        "--inspect", action="store_true", help="describe the object's programs and maps"
+    )
     compile_.set_defaults(run=cmd_compile)
 
-    apply = commands.add_parser("apply", help="attach a policy to a cgroup and print verdicts until Ctrl-C")
+    apply = commands.add_parser(
+        "apply", help="attach a policy to a cgroup and print verdicts until Ctrl-C"
+    )
     apply.add_argument("file")
-    apply.add_argument("--cgroup", required=True, help="cgroup v2 directory (absolute or relative to the mount)")
+    apply.add_argument(
+        "--cgroup", required=True, help="cgroup v2 directory (absolute or relative to the mount)"
+    )
     apply.add_argument("--events", choices=("all", "denied", "none"), default="all")
     apply.add_argument("--force", action="store_true", help="allow attaching to the root cgroup")
-    apply.add_argument("--no-watch", dest="watch", action="store_false",
-                       help="do not re-read the file when it changes (SIGHUP still does)")
+    apply.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not re-read the file when it changes (SIGHUP still does)",
+    )
     apply.set_defaults(run=cmd_apply)
 
-    explain = commands.add_parser("explain", help="the kernel's verdict for one flow, and the rule behind it")
+    explain = commands.add_parser(
+        "explain", help="the kernel's verdict for one flow, and the rule behind it"
+    )
     explain.add_argument("file")
-    explain.add_argument("--from", dest="source", required=True,
-                         help="a workload name, an address, or - for a local process of no workload")
+    explain.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a workload name, an address, or - for a local process of no workload",
+    )
     explain.add_argument("--from-address", help="the source's address, when --from is a workload")
-    explain.add_argument("--to", required=True, help="ADDR:PORT/PROTO, NAME:PORT/PROTO, or a service name")
+    explain.add_argument(
+        "--to", required=True, help="ADDR:PORT/PROTO, NAME:PORT/PROTO, or a service name"
+    )
     explain.set_defaults(run=cmd_explain)
     return parser
 

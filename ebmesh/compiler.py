@@ -3,6 +3,7 @@
 Each phase lives in its own package; this module only runs them in order
 and keeps what each produced, with how long it took.
 """
+
 from __future__ import annotations
 
 import tempfile

@@ -5,6 +5,7 @@ Policy mistakes are collected as `Diagnostic`s and raised together in one
 `EnvironmentProblem`s that say what to do; failures of the kernel or libbpf
 are `LibbpfError`s carrying errno and the verifier/libbpf log.
 """
+
 from __future__ import annotations
 
 import errno as _errno
@@ -84,7 +85,9 @@ class PolicyError(EbmeshError):
     """A policy that cannot be compiled; carries every diagnostic found."""
 
     def __init__(self, diagnostics):
-        self.diagnostics: tuple[Diagnostic, ...] = tuple(sorted(diagnostics, key=Diagnostic.sort_key))
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(
+            sorted(diagnostics, key=Diagnostic.sort_key)
+        )
         if not self.diagnostics:
             raise ValueError("PolicyError needs at least one diagnostic")
         super().__init__(self.render())

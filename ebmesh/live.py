@@ -5,6 +5,7 @@ If only services' backends changed, they are changed in place
 means new tables: the new policy is attached first and the old one detached
 after, so there is no moment without a policy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,9 @@ def backend_changes(old: Policy, new: Policy) -> dict[str, dict[str, int]] | Non
     return changes
 
 
-def bring_up_to_date(attachment: Attachment, running: CompiledPolicy, edited: CompiledPolicy) -> tuple[Attachment, str]:
+def bring_up_to_date(
+    attachment: Attachment, running: CompiledPolicy, edited: CompiledPolicy
+) -> tuple[Attachment, str]:
     """The attachment now enforcing `edited`, and what was done."""
     changes = backend_changes(running.policy, edited.policy)
     if changes == {}:
@@ -46,6 +49,8 @@ def bring_up_to_date(attachment: Attachment, running: CompiledPolicy, edited: Co
         for service, backends in changes.items():
             attachment.set_backends(service, backends)
         return attachment, f"backends of {', '.join(sorted(changes))} changed in place"
-    replacement = edited.attach(attachment.cgroup, force=attachment.forced, events=attachment.event_level)
+    replacement = edited.attach(
+        attachment.cgroup, force=attachment.forced, events=attachment.event_level
+    )
     attachment.detach()
     return replacement, "policy replaced: the new one attached, then the old one detached"

@@ -1,4 +1,5 @@
 """A compiled policy: its C, its object, and what can be done with them."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -57,7 +58,9 @@ class Evaluation:
             why = f"the default ({self.default}): no rule matches"
         text = f"{self.verdict.upper()} {self.source} -> {self.destination}, decided by {why}"
         if self.needs_mtls:
-            text += "\n  mTLS is required" + ("" if self.allowed else " and the pair is not authenticated")
+            text += "\n  mTLS is required" + (
+                "" if self.allowed else " and the pair is not authenticated"
+            )
         if self.would_deny:
             text += "\n  mode audit: enforce would deny this; it is reported and allowed"
         if self.audit_rule:
@@ -93,7 +96,12 @@ class CompiledPolicy:
         return inspect_object(self.object_bytes)
 
     def attach(
-        self, cgroup, *, force: bool = False, events: str = "all", backend_capacity: int | None = None
+        self,
+        cgroup,
+        *,
+        force: bool = False,
+        events: str = "all",
+        backend_capacity: int | None = None,
     ) -> Attachment:
         """Attach to a cgroup v2 directory (absolute, or relative to the cgroup2 mount).
 
@@ -104,7 +112,9 @@ class CompiledPolicy:
         """
         from ebmesh.runtime.attachment import Attachment
 
-        return Attachment(self.image, cgroup, force=force, events=events, backend_capacity=backend_capacity)
+        return Attachment(
+            self.image, cgroup, force=force, events=events, backend_capacity=backend_capacity
+        )
 
     # ---- evaluate -------------------------------------------------------------
 
@@ -162,13 +172,17 @@ class CompiledPolicy:
                 flow.dst_identity = identity
                 workload = next(w for w in self.policy.workloads if w.identity == identity)
                 if dst_addr is None:
-                    dst_addr = workload.prefixes[0].network_address if workload.prefixes else _LOOPBACK[4]
+                    dst_addr = (
+                        workload.prefixes[0].network_address if workload.prefixes else _LOOPBACK[4]
+                    )
         else:
             dst_addr = _address(destination)
             flow.flags |= abi.FLOW_DST_BY_ADDRESS
 
         if src_addr is not None and src_addr.version != dst_addr.version:
-            raise EvaluationError(f"source {src_addr} and destination {dst_addr} are of different IP families")
+            raise EvaluationError(
+                f"source {src_addr} and destination {dst_addr} are of different IP families"
+            )
         flow.family = abi.FAMILY_IPV4 if dst_addr.version == 4 else abi.FAMILY_IPV6
         flow.dst_addr[:] = words_from_address(dst_addr)
         if src_addr is not None:

@@ -3,6 +3,7 @@
 In a checkout (and an editable install) they sit beside the package; an
 installed copy finds them under `<prefix>/share/ebmesh/`.
 """
+
 from __future__ import annotations
 
 import sys

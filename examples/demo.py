@@ -3,6 +3,7 @@
 Everything the demo creates (cgroups named ebmesh-demo-*, the processes in
 them, the attachment) is removed at the end, even on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,8 +16,14 @@ import ebmesh
 from ebmesh.sandbox import Agent, throwaway_cgroup
 
 HERE = Path(__file__).resolve().parent
-ADDRESS = {"frontend": "127.0.1.1", "api": "127.0.2.1", "db": "127.0.3.1", "dns": "127.0.53.1", "mail": "127.0.25.1",
-           "api-svc": "127.0.96.10"}
+ADDRESS = {
+    "frontend": "127.0.1.1",
+    "api": "127.0.2.1",
+    "db": "127.0.3.1",
+    "dns": "127.0.53.1",
+    "mail": "127.0.25.1",
+    "api-svc": "127.0.96.10",
+}
 API_BACKENDS = ("127.0.2.1", "127.0.2.2")
 
 
@@ -40,7 +47,11 @@ def attempt(agents, attachment, client: str, server: str, port: int, protocol: s
     why = ""
     if events:
         event = events[0]
-        why = f"rule {event.rule_id}, line {event.rule.line}: {event.rule.text}" if event.rule else "the default (deny)"
+        why = (
+            f"rule {event.rule_id}, line {event.rule.line}: {event.rule.text}"
+            if event.rule
+            else "the default (deny)"
+        )
         if event.audit_rule:
             why += f"   [audit: line {event.audit_rule.line} would deny]"
     say(f"  {client:>8} -> {server:<8} {port:>5}/{protocol}  {outcome:<28} {why}")
@@ -54,7 +65,9 @@ def balance(agents, attachment, client: str, connects: int) -> None:
         share = count - before.get(backend, 0)
         say(f"   {backend:<16} {share:>4} connects {'#' * (share // 8)}")
     failed = connects - result["succeeded"]
-    say(f"   {result['succeeded']} of {connects} connected ({failed} failed) in {result['seconds']:.2f} s")
+    say(
+        f"   {result['succeeded']} of {connects} connected ({failed} failed) in {result['seconds']:.2f} s"
+    )
     attachment.poll_events(0.0)  # drop these verdicts from the stream
 
 
@@ -67,8 +80,10 @@ def main() -> int:
     started = time.perf_counter()
     compiled = ebmesh.compile(policy_path)
     info = compiled.inspect()
-    say(f"   {len(compiled.policy.rules)} rules -> {len(info.programs)} programs, {len(info.maps)} maps, "
-        f"in {time.perf_counter() - started:.2f} s ({'cached object' if compiled.build.cache_hit else 'clang ran'})")
+    say(
+        f"   {len(compiled.policy.rules)} rules -> {len(info.programs)} programs, {len(info.maps)} maps, "
+        f"in {time.perf_counter() - started:.2f} s ({'cached object' if compiled.build.cache_hit else 'clang ran'})"
+    )
     for program in info.programs:
         say(f"     {program.section:<20} {program.name:<18} {program.insn_count:>5} instructions")
 
@@ -86,9 +101,19 @@ def main() -> int:
 
             say(f"\n== attaching to {root}")
             with compiled.attach(root) as attachment:
-                say("   workloads: " + ", ".join(f"{n} -> {p.relative_to(root)}" for n, p in
-                                                 ((compiled.image.naming.identity(i), p) for i, p in attachment.workload_cgroups.items())))
-                say("\n== connections under the policy (verdicts read back from the kernel's event ring)")
+                say(
+                    "   workloads: "
+                    + ", ".join(
+                        f"{n} -> {p.relative_to(root)}"
+                        for n, p in (
+                            (compiled.image.naming.identity(i), p)
+                            for i, p in attachment.workload_cgroups.items()
+                        )
+                    )
+                )
+                say(
+                    "\n== connections under the policy (verdicts read back from the kernel's event ring)"
+                )
                 attempt(agents, attachment, "frontend", "api", 8080)
                 attempt(agents, attachment, "frontend", "api-svc", 80)
                 attempt(agents, attachment, "frontend", "db", 5432)
@@ -97,20 +122,34 @@ def main() -> int:
                 attempt(agents, attachment, "frontend", "dns", 53, "udp")
                 attempt(agents, attachment, "db", "api", 8080)
 
-                say("\n== load balancing: frontend connects to api-svc (127.0.96.10:80), backends weighted 3:1")
+                say(
+                    "\n== load balancing: frontend connects to api-svc (127.0.96.10:80), backends weighted 3:1"
+                )
                 balance(agents, attachment, "frontend", connects=400)
                 say("   set_backends live, no reload: weights 1:3")
-                attachment.set_backends("api-svc", {f"{API_BACKENDS[0]}:8080": 1, f"{API_BACKENDS[1]}:8080": 3})
+                attachment.set_backends(
+                    "api-svc", {f"{API_BACKENDS[0]}:8080": 1, f"{API_BACKENDS[1]}:8080": 3}
+                )
                 balance(agents, attachment, "frontend", connects=400)
-                result = agents["frontend"].connect(ADDRESS["api-svc"], 80, source=ADDRESS["frontend"])
-                say(f"   the application sees the VIP as its peer: getpeername() = {result['peer'][0]}:{result['peer'][1]}")
+                result = agents["frontend"].connect(
+                    ADDRESS["api-svc"], 80, source=ADDRESS["frontend"]
+                )
+                say(
+                    f"   the application sees the VIP as its peer: getpeername() = {result['peer'][0]}:{result['peer'][1]}"
+                )
                 attachment.poll_events(0.0)
 
                 say("\n== per-rule counters")
                 for count in attachment.counters().values():
                     if count.decided or count.audited:
-                        where = f"rule {count.rule_id} (line {count.rule.line})" if count.rule else "default"
-                        say(f"   {where:<18} decided {count.decided}, audit matches {count.audited}")
+                        where = (
+                            f"rule {count.rule_id} (line {count.rule.line})"
+                            if count.rule
+                            else "default"
+                        )
+                        say(
+                            f"   {where:<18} decided {count.decided}, audit matches {count.audited}"
+                        )
 
                 say("\n== the kernel's own decision code, asked directly (evaluate)")
                 say(f"   {compiled.evaluate('frontend', ADDRESS['db'], 5432, 'tcp')}")
@@ -118,7 +157,9 @@ def main() -> int:
 
             say("\n== detached: the same denied connection now goes through")
             result = agents["frontend"].connect(ADDRESS["db"], 5432, source=ADDRESS["frontend"])
-            say(f"  frontend -> db       5432/tcp  {'connected' if result['ok'] else errno.errorcode[result['errno']]}")
+            say(
+                f"  frontend -> db       5432/tcp  {'connected' if result['ok'] else errno.errorcode[result['errno']]}"
+            )
         finally:
             for agent in agents.values():
                 agent.stop()

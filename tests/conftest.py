@@ -1,5 +1,6 @@
 """Shared fixtures. Kernel tests need root and create only throwaway cgroups
 (`ebmesh-test-*`) and network namespaces, removed even when a test fails."""
+
 from __future__ import annotations
 
 import os

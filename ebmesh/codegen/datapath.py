@@ -5,6 +5,7 @@ specialised on: default verdict, mode, prefix lengths, nesting depths).
 `DatapathTables` become the maps' contents. Both are plain numbers: no name
 from a policy ever reaches C.
 """
+
 from __future__ import annotations
 
 import re
@@ -88,7 +89,9 @@ def render_policy_header(shape: PolicyShape) -> str:
         f"#define POLICY_DEFAULT_VERDICT {'VERDICT_ALLOW' if shape.default_allow else 'VERDICT_DENY'}",
         origin(shape.mode_line),
         f"#define POLICY_MODE_AUDIT {int(shape.mode_audit)}",
-        "/* Some workload says `mtls required`. */" if shape.has_mtls_required else "/* No workload says `mtls required`. */",
+        "/* Some workload says `mtls required`. */"
+        if shape.has_mtls_required
+        else "/* No workload says `mtls required`. */",
         f"#define POLICY_HAS_MTLS_REQUIRED {int(shape.has_mtls_required)}",
         "",
         "/* Which (source side, destination side) kinds the rules use; see decide.h. */",
@@ -136,10 +139,15 @@ def encode_tables(tables: DatapathTables) -> dict[str, MapContents]:
     out["rule_pairs"] = _contents(keys, values, len(tables.rule_pairs))
 
     interval = abi.PortInterval.packer()
-    rows = [(low, high, 0, deny, allow, mtls, audit) for low, high, deny, allow, mtls, audit in tables.port_intervals]
+    rows = [
+        (low, high, 0, deny, allow, mtls, audit)
+        for low, high, deny, allow, mtls, audit in tables.port_intervals
+    ]
     out["port_intervals"] = _array_contents(interval, rows)
 
-    out["identities"] = _array_contents(abi.IdentityInfo.packer(), [(f,) for f in tables.identity_flags])
+    out["identities"] = _array_contents(
+        abi.IdentityInfo.packer(), [(f,) for f in tables.identity_flags]
+    )
 
     return out
 

@@ -13,6 +13,7 @@ same whether the policy has ten rules or a hundred thousand:
   each kind (deny, allow, mtls allow, audit) that covers it. Identical tables
   are stored once.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -95,7 +96,9 @@ def _side_keys(selector, class_of: dict[Prefix, int], atoms: dict[int, list[Pref
 
 def _side_kind(key: int) -> int:
     top = key & ~abi.SIDE_VALUE_MASK
-    return {abi.SIDE_IDENTITY: abi.SIDE_KIND_IDENTITY, abi.SIDE_ANY: abi.SIDE_KIND_ANY}.get(top, abi.SIDE_KIND_CLASS)
+    return {abi.SIDE_IDENTITY: abi.SIDE_KIND_IDENTITY, abi.SIDE_ANY: abi.SIDE_KIND_ANY}.get(
+        top, abi.SIDE_KIND_CLASS
+    )
 
 
 # Contribution kinds: the slot of the rule_set a rule fills.
@@ -198,7 +201,9 @@ def _markers(prefix: Prefix, lengths: list[int]) -> list[Prefix]:
             break
         if middle < target:
             shift = bits - lengths[middle]
-            found.append((family, lengths[middle], (value >> shift) << shift if shift < bits else 0))
+            found.append(
+                (family, lengths[middle], (value >> shift) << shift if shift < bits else 0)
+            )
             low = middle + 1
         else:
             high = middle
@@ -236,7 +241,9 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         for side_name, selector in (("src", rule.source), ("dst", rule.destination)):
             atoms: dict[int, list[Prefix]] = {}
             for index, match in enumerate(selector.addresses):
-                positive = subtract_prefixes(prefix_of(match.network), [prefix_of(e) for e in match.excepts])
+                positive = subtract_prefixes(
+                    prefix_of(match.network), [prefix_of(e) for e in match.excepts]
+                )
                 atoms[index] = positive
                 for prefix in positive:
                     info = class_for(prefix)
@@ -257,7 +264,10 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         class_of[info.prefix] = class_id
         class_links.append((0, 0))
 
-    lengths = {4: sorted({p[1] for p in classes if p[0] == 4}), 6: sorted({p[1] for p in classes if p[0] == 6})}
+    lengths = {
+        4: sorted({p[1] for p in classes if p[0] == 4}),
+        6: sorted({p[1] for p in classes if p[0] == 6}),
+    }
     tables.v4_lengths, tables.v6_lengths = tuple(lengths[4]), tuple(lengths[6])
 
     # One sweep in address order keeps the prefixes containing the current one
@@ -283,9 +293,16 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         dst_depth += info.dst_atom
         for side, depth in (("src", src_depth), ("dst", dst_depth)):
             if depth > MAX_PREFIX_NESTING:
-                raise _nesting_error(atom_rule.get((side, info.prefix)), "source" if side == "src" else "destination", depth)
+                raise _nesting_error(
+                    atom_rule.get((side, info.prefix)),
+                    "source" if side == "src" else "destination",
+                    depth,
+                )
             max_depth[side] = max(max_depth[side], depth)
-        class_links[info.class_id] = (parent_src if info.src_atom else 0, parent_dst if info.dst_atom else 0)
+        class_links[info.class_id] = (
+            parent_src if info.src_atom else 0,
+            parent_dst if info.dst_atom else 0,
+        )
         rows[info.prefix] = values
         for marker in _markers(info.prefix, lengths[info.prefix[0]]):
             if marker not in markers:
@@ -328,8 +345,15 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     for service in policy.services:
         backends = tuple((b.address.packed, b.port, b.weight) for b in service.backends)
         tables.services.append(
-            (service.identity, service.name, service.vip.version, int(service.protocol), service.port,
-             service.vip.packed, backends)
+            (
+                service.identity,
+                service.name,
+                service.vip.version,
+                int(service.protocol),
+                service.port,
+                service.vip.packed,
+                backends,
+            )
         )
 
     shape = PolicyShape(

@@ -5,6 +5,7 @@ are numbered in source order, addresses are `ipaddress` networks, ports are
 ranges. Each rule and declaration keeps a `SourceRef` so that a verdict taken
 in the kernel can be traced back to the line that decided it.
 """
+
 from __future__ import annotations
 
 import enum

@@ -4,6 +4,7 @@ This evaluator scans every rule for every flow: slow, obviously right, and
 independent of the tables the datapath uses. Tests hold the kernel's answers
 (`CompiledPolicy.evaluate` and real connects) against it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,7 +58,11 @@ def workload_by_address(policy: Policy, address: IPAddress | None) -> int:
     best, best_length = NO_IDENTITY, -1
     for workload in policy.workloads:
         for network in workload.prefixes:
-            if network.version == address.version and address in network and network.prefixlen > best_length:
+            if (
+                network.version == address.version
+                and address in network
+                and network.prefixlen > best_length
+            ):
                 best, best_length = workload.identity, network.prefixlen
     return best
 
@@ -78,9 +83,19 @@ def rule_matches(rule: Rule, src_identity: int, flow: Flow, dst_identity: int) -
     )
 
 
-def decide(policy: Policy, flow: Flow, authenticated: frozenset[tuple[int, int]] = frozenset()) -> Decision:
-    src = flow.src_identity if flow.src_identity is not None else workload_by_address(policy, flow.src_address)
-    dst = flow.dst_identity if flow.dst_identity is not None else workload_by_address(policy, flow.dst_address)
+def decide(
+    policy: Policy, flow: Flow, authenticated: frozenset[tuple[int, int]] = frozenset()
+) -> Decision:
+    src = (
+        flow.src_identity
+        if flow.src_identity is not None
+        else workload_by_address(policy, flow.src_address)
+    )
+    dst = (
+        flow.dst_identity
+        if flow.dst_identity is not None
+        else workload_by_address(policy, flow.dst_address)
+    )
     matching = [rule for rule in policy.rules if rule_matches(rule, src, flow, dst)]
 
     denies = [r.id for r in matching if r.action is Action.DENY and not r.audit]

@@ -6,6 +6,7 @@ it then have no location. The tree is what the source says, unresolved: names
 are strings, addresses are as written. Checking and resolving happen later
 (`ebmesh.language.checks`, `ebmesh.ir.build`).
 """
+
 from __future__ import annotations
 
 import ipaddress

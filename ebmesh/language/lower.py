@@ -3,6 +3,7 @@
 This is the last phase that knows the language; everything after it sees
 numbers, networks and port ranges. It assumes `checks.check` passed.
 """
+
 from __future__ import annotations
 
 from ebmesh.ir import model
@@ -41,7 +42,9 @@ class _Lowering:
         return model.Policy(
             name=mesh.name.value,
             trust_domain=trust_domain,
-            default=model.Verdict.ALLOW if setting("default", "deny") == "allow" else model.Verdict.DENY,
+            default=model.Verdict.ALLOW
+            if setting("default", "deny") == "allow"
+            else model.Verdict.DENY,
             mode=model.Mode(setting("mode", "enforce")),
             accelerate=setting("accelerate", "off") == "on",
             workloads=workloads,
@@ -53,7 +56,11 @@ class _Lowering:
 
     def workload(self, workload: ast.Workload, trust_domain: str) -> model.Workload:
         name = workload.name.value
-        identity = workload.identities[0].value if workload.identities else f"spiffe://{trust_domain}/{name}"
+        identity = (
+            workload.identities[0].value
+            if workload.identities
+            else f"spiffe://{trust_domain}/{name}"
+        )
         return model.Workload(
             identity=self.identities[name],
             name=name,
@@ -72,7 +79,8 @@ class _Lowering:
             port=service.port,
             protocol=_PROTOCOLS[service.protocol],
             backends=tuple(
-                model.Backend(b.address, b.port, b.weight, self.origin(b.span)) for b in service.backends
+                model.Backend(b.address, b.port, b.weight, self.origin(b.span))
+                for b in service.backends
             ),
             source=self.origin(service.span),
         )

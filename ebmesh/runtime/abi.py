@@ -5,6 +5,7 @@ the BTF of the built object, so a change on one side that is not made on the
 other fails the suite. Packing many entries goes through `struct.Struct`
 formats derived from these classes, which is much faster than ctypes.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -5,6 +5,7 @@ programs' links; `detach()`, leaving its `with` block, or being garbage
 collected removes everything it attached. Pinned links outlive the process
 until `detach()` (or `unpin()` and a close) removes them.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,7 +54,9 @@ class Attachment:
         try:
             workloads = self._bpf.maps["cgroup_workloads"]
             for identity, path in self.workload_cgroups.items():
-                workloads.update(cgroups.cgroup_id(path).to_bytes(8, "little"), identity.to_bytes(4, "little"))
+                workloads.update(
+                    cgroups.cgroup_id(path).to_bytes(8, "little"), identity.to_bytes(4, "little")
+                )
             for name in HOOK_PROGRAMS:
                 self._links.append(self._bpf.programs[name].attach_cgroup(self.cgroup))
         except BaseException:
@@ -129,7 +132,9 @@ class Attachment:
                 d, a = packer.unpack(value[: packer.size])
                 decided += d
                 audited += a
-            result[rule_id] = RuleCount(rule_id, self._image.naming.rules.get(rule_id), decided, audited)
+            result[rule_id] = RuleCount(
+                rule_id, self._image.naming.rules.get(rule_id), decided, audited
+            )
         return result
 
     # ---- services -------------------------------------------------------------------
@@ -199,4 +204,3 @@ class Attachment:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
         return f"<Attachment {state} to {self.cgroup}>"
-

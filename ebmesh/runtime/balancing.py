@@ -12,6 +12,7 @@ reads either table whole. Backend ids are never reused while a free one has
 not waited its turn, so a reader holding an old table never lands on a
 stranger.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -46,7 +47,10 @@ class ServiceSpec:
     @property
     def key(self) -> bytes:
         return abi.ServiceKey.packer().pack(
-            self.family, self.protocol, abi.network_order_port(self.port), *abi.address_words(self.vip)
+            self.family,
+            self.protocol,
+            abi.network_order_port(self.port),
+            *abi.address_words(self.vip),
         )
 
 
@@ -83,7 +87,9 @@ def parse_backend(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addr
     if not separator or not port.isdigit():
         raise ServiceUpdateError(f"backend {text!r} is not ADDRESS:PORT")
     try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        address = ipaddress.ip_address(
+            host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        )
     except ValueError:
         raise ServiceUpdateError(f"backend {text!r}: {host!r} is not an IP address") from None
     if not 0 <= int(port) <= 65535:
@@ -136,7 +142,9 @@ class Balancer:
                     f"backend {text} is IPv{address.version}, service {service} is IPv{state.spec.family}"
                 )
             if not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
-                raise ServiceUpdateError(f"backend {text}: weight {weight!r} is outside 0-{MAX_WEIGHT}")
+                raise ServiceUpdateError(
+                    f"backend {text}: weight {weight!r} is outside 0-{MAX_WEIGHT}"
+                )
             wanted.append((address.packed, port, weight))
         self._install(state, wanted)
 
@@ -160,8 +168,11 @@ class Balancer:
             self._backends.update(
                 _index(state.ids[key]),
                 backend_packer.pack(
-                    *abi.address_words(address), abi.network_order_port(port), spec.family,
-                    abi.BACKEND_LIVE, spec.identity,
+                    *abi.address_words(address),
+                    abi.network_order_port(port),
+                    spec.family,
+                    abi.BACKEND_LIVE,
+                    spec.identity,
                 ),
             )
 
@@ -174,8 +185,12 @@ class Balancer:
                 slot_key.pack(spec.identity, generation, slot),
                 slot_value.pack(usable[primary][0], usable[alias][0], threshold, 0),
             )
-        self._services_map.update(spec.key, abi.ServiceInfo.packer().pack(spec.identity, 0, generation, len(table)))
-        for slot in range(len(table), state.slot_counts[generation]):  # beyond the live count: unreachable
+        self._services_map.update(
+            spec.key, abi.ServiceInfo.packer().pack(spec.identity, 0, generation, len(table))
+        )
+        for slot in range(
+            len(table), state.slot_counts[generation]
+        ):  # beyond the live count: unreachable
             self._slots.delete(slot_key.pack(spec.identity, generation, slot))
         state.generation = generation
         state.slot_counts[generation] = len(table)
@@ -187,7 +202,9 @@ class Balancer:
                 address, port = key
                 self._backends.update(
                     _index(backend_id),
-                    backend_packer.pack(*abi.address_words(address), abi.network_order_port(port), spec.family, 0, 0),
+                    backend_packer.pack(
+                        *abi.address_words(address), abi.network_order_port(port), spec.family, 0, 0
+                    ),
                 )
                 self._free.append(backend_id)
 

@@ -4,6 +4,7 @@ Attaching a deny-by-default policy to the root cgroup would cut off every
 process on the machine, this one included; the library refuses it unless the
 caller insists.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,9 @@ def resolve(path: str | os.PathLike) -> Path:
     if candidate != mount and mount not in candidate.parents:
         raise AttachError(f"{candidate} is not inside the cgroup v2 hierarchy at {mount}")
     if not (candidate / "cgroup.procs").exists():
-        raise AttachError(f"{candidate} is not a cgroup (no cgroup.procs there); create it with mkdir")
+        raise AttachError(
+            f"{candidate} is not a cgroup (no cgroup.procs there); create it with mkdir"
+        )
     return candidate
 
 

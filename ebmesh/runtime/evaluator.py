@@ -5,6 +5,7 @@ SEC("syscall") harness that calls the very same `decide()` the hooks call,
 over the very same maps. BPF_PROG_TEST_RUN writes the answer back into the
 request buffer.
 """
+
 from __future__ import annotations
 
 from ebmesh.runtime import abi

@@ -1,4 +1,5 @@
 """Verdict events and rule counters, read back from the datapath with names."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -45,7 +46,9 @@ class VerdictEvent:
     would_deny: bool  # mode audit let a denial through
     needs_mtls: bool
     cgroup_id: int
-    backend_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None  # where a service flow went
+    backend_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = (
+        None  # where a service flow went
+    )
     backend_port: int = 0
     no_backend: bool = False  # a service with no usable backend refused it
 
@@ -54,15 +57,26 @@ class VerdictEvent:
         return f"rule {self.rule_id} ({self.rule})" if self.rule else "the default"
 
     def __str__(self) -> str:
-        clock = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
+        clock = (
+            time.strftime("%H:%M:%S", time.localtime(self.time))
+            + f".{int(self.time % 1 * 1000):03d}"
+        )
         src = f"{self.src_address}:{self.src_port}" if self.src_address else f"*:{self.src_port}"
-        verdict = "DENY" if self.verdict == "deny" else ("ALLOW (would deny)" if self.would_deny else "ALLOW")
+        verdict = (
+            "DENY"
+            if self.verdict == "deny"
+            else ("ALLOW (would deny)" if self.would_deny else "ALLOW")
+        )
         text = (
             f"{clock} {self.direction:<7} {self.protocol} {self.src_name} {src} -> "
             f"{self.dst_name} {self.dst_address}:{self.dst_port}  {verdict} by {self.decided_by}"
         )
         if self.backend_address is not None:
-            host = f"[{self.backend_address}]" if self.backend_address.version == 6 else str(self.backend_address)
+            host = (
+                f"[{self.backend_address}]"
+                if self.backend_address.version == 6
+                else str(self.backend_address)
+            )
             text += f"  => backend {host}:{self.backend_port}"
         if self.no_backend:
             text += "  (no backend: ECONNREFUSED)"
@@ -100,7 +114,9 @@ def decode_event(record: bytes, naming: Naming) -> VerdictEvent:
         would_deny=bool(decision.flags & abi.DECISION_WOULD_DENY),
         needs_mtls=bool(decision.flags & abi.DECISION_NEEDS_MTLS),
         cgroup_id=event.cgroup_id,
-        backend_address=address_from_words(flow.family, event.backend_addr) if event.backend_port else None,
+        backend_address=address_from_words(flow.family, event.backend_addr)
+        if event.backend_port
+        else None,
         backend_port=event.backend_port,
         no_backend=bool(decision.flags & abi.DECISION_NO_BACKEND),
     )

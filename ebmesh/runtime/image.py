@@ -1,4 +1,5 @@
 """What the runtime needs to bring a compiled policy to life, as plain data."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

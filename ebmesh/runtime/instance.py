@@ -1,4 +1,5 @@
 """One loaded copy of a policy's object: maps sized and filled, programs verified."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ The parent writes one JSON command per line on stdin and reads one JSON
 answer per line on stdout. Socket errors come back as errno numbers, with
 how long the call took, so tests can assert "EPERM, at once".
 """
+
 from __future__ import annotations
 
 import errno
@@ -162,8 +163,14 @@ def _bind_source(sock: socket.socket, source: str | None) -> None:
 _PADDING_DESTINATION_OPTIONS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
 
 
-def connect(address: str, port: int, source: str | None = None, timeout: float = 2.0, read: bool = True,
-            destination_options: bool = False) -> dict:
+def connect(
+    address: str,
+    port: int,
+    source: str | None = None,
+    timeout: float = 2.0,
+    read: bool = True,
+    destination_options: bool = False,
+) -> dict:
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     sock.settimeout(timeout)
     started = time.monotonic()
@@ -175,8 +182,13 @@ def connect(address: str, port: int, source: str | None = None, timeout: float =
         local = sock.getsockname()
         peer = sock.getpeername()
         greeting = sock.recv(64).decode() if read else ""
-        return {"ok": True, "seconds": time.monotonic() - started, "local": list(local[:2]),
-                "peer": list(peer[:2]), "greeting": greeting}
+        return {
+            "ok": True,
+            "seconds": time.monotonic() - started,
+            "local": list(local[:2]),
+            "peer": list(peer[:2]),
+            "greeting": greeting,
+        }
     except TimeoutError:
         return {"ok": False, "errno": errno.ETIMEDOUT, "seconds": time.monotonic() - started}
     except OSError as exc:
@@ -185,8 +197,14 @@ def connect(address: str, port: int, source: str | None = None, timeout: float =
         sock.close()
 
 
-def connect_many(address: str, port: int, count: int, source: str | None = None, timeout: float = 2.0,
-                 read: bool = True) -> dict:
+def connect_many(
+    address: str,
+    port: int,
+    count: int,
+    source: str | None = None,
+    timeout: float = 2.0,
+    read: bool = True,
+) -> dict:
     """`count` TCP connects in a loop, here in the agent (no JSON round trip per
     connect): each binds `source` if given, connects, reads the greeting if
     `read`, and closes. For benchmarks: returns how many succeeded, the errnos
@@ -213,12 +231,23 @@ def connect_many(address: str, port: int, count: int, source: str | None = None,
             errnos[str(exc.errno)] = errnos.get(str(exc.errno), 0) + 1
         finally:
             sock.close()
-    return {"ok": succeeded == count, "count": count, "succeeded": succeeded, "errnos": errnos,
-            "seconds": time.monotonic() - started}
+    return {
+        "ok": succeeded == count,
+        "count": count,
+        "succeeded": succeeded,
+        "errnos": errnos,
+        "seconds": time.monotonic() - started,
+    }
 
 
-def send(address: str, port: int, source: str | None = None, timeout: float = 1.0,
-         connected: bool = False, payload: str = "ping") -> dict:
+def send(
+    address: str,
+    port: int,
+    source: str | None = None,
+    timeout: float = 1.0,
+    connected: bool = False,
+    payload: str = "ping",
+) -> dict:
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     started = time.monotonic()
@@ -241,7 +270,9 @@ def send(address: str, port: int, source: str | None = None, timeout: float = 1.
         sock.close()
 
 
-def ask_many(address: str, port: int, count: int, source: str | None = None, timeout: float = 1.0) -> dict:
+def ask_many(
+    address: str, port: int, count: int, source: str | None = None, timeout: float = 1.0
+) -> dict:
     """`count` datagrams "who" from ONE unconnected UDP socket; the answers and who sent them."""
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     sock.settimeout(timeout)
@@ -273,9 +304,18 @@ def close(id: int) -> dict:
     return {"ok": True}
 
 
-COMMANDS = {"listen": listen, "connect": connect, "connect_many": connect_many, "send": send,
-            "ask_many": ask_many, "accepted": accepted, "close": close,
-            "listen_many": listen_many, "accepted_many": accepted_many, "close_many": close_many}
+COMMANDS = {
+    "listen": listen,
+    "connect": connect,
+    "connect_many": connect_many,
+    "send": send,
+    "ask_many": ask_many,
+    "accepted": accepted,
+    "close": close,
+    "listen_many": listen_many,
+    "accepted_many": accepted_many,
+    "close_many": close_many,
+}
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Everything here is created under a name prefix (`ebmesh-test-` for tests,
 `ebmesh-demo-` for the demo) and torn down by the context managers, even when the test inside fails: processes are
 killed (cgroup.kill), cgroups removed deepest first, namespaces deleted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,9 @@ def _remove_cgroup_tree(root: Path) -> None:
     kill = root / "cgroup.kill"
     if kill.exists():
         kill.write_text("1")
-    for directory in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]:
+    for directory in sorted(
+        (p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    ) + [root]:
         for _ in range(200):
             try:
                 directory.rmdir()
@@ -73,7 +76,15 @@ def throwaway_netns(addresses: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
     try:
         ip("link", "set", "lo", "up", namespace=name)
         for address in addresses:
-            ip("address", "add", address, "dev", "lo", *(["nodad"] if ":" in address else []), namespace=name)
+            ip(
+                "address",
+                "add",
+                address,
+                "dev",
+                "lo",
+                *(["nodad"] if ":" in address else []),
+                namespace=name,
+            )
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
@@ -83,14 +94,42 @@ def throwaway_netns(addresses: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
 def veth_pair(left_ns: str, left_address: str, right_ns: str, right_address: str) -> Iterator[None]:
     """A veth link between two namespaces (it dies with them)."""
     left, right = f"veth{uuid.uuid4().hex[:6]}", f"veth{uuid.uuid4().hex[:6]}"
-    ip("link", "add", left, "netns", left_ns, "type", "veth", "peer", "name", right, "netns", right_ns)
-    for namespace, device, address in ((left_ns, left, left_address), (right_ns, right, right_address)):
-        ip("address", "add", address, "dev", device, *(["nodad"] if ":" in address else []), namespace=namespace)
+    ip(
+        "link",
+        "add",
+        left,
+        "netns",
+        left_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        right,
+        "netns",
+        right_ns,
+    )
+    for namespace, device, address in (
+        (left_ns, left, left_address),
+        (right_ns, right, right_address),
+    ):
+        ip(
+            "address",
+            "add",
+            address,
+            "dev",
+            device,
+            *(["nodad"] if ":" in address else []),
+            namespace=namespace,
+        )
         ip("link", "set", device, "up", namespace=namespace)
     yield
 
 
 def leftovers() -> list[str]:
     """What this process created and is still there."""
-    namespaces = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    return [str(p) for p in created_cgroups if p.exists()] + [n for n in created_namespaces if n in namespaces]
+    namespaces = set(
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    )
+    return [str(p) for p in created_cgroups if p.exists()] + [
+        n for n in created_namespaces if n in namespaces
+    ]

@@ -1,4 +1,5 @@
 """Agents: test processes placed in a cgroup and maybe a network namespace."""
+
 from __future__ import annotations
 
 import json
@@ -73,25 +74,61 @@ class Agent:
     def close_many(self, group: int) -> None:
         self.call("close_many", id=group)
 
-    def connect(self, address: str, port: int, source: str | None = None, timeout: float = 2.0,
-                destination_options: bool = False) -> dict:
-        return self.call("connect", address=address, port=port, source=source, timeout=timeout,
-                         destination_options=destination_options)
+    def connect(
+        self,
+        address: str,
+        port: int,
+        source: str | None = None,
+        timeout: float = 2.0,
+        destination_options: bool = False,
+    ) -> dict:
+        return self.call(
+            "connect",
+            address=address,
+            port=port,
+            source=source,
+            timeout=timeout,
+            destination_options=destination_options,
+        )
 
-    def connect_many(self, address: str, port: int, count: int, source: str | None = None,
-                     timeout: float = 2.0, read: bool = True) -> dict:
+    def connect_many(
+        self,
+        address: str,
+        port: int,
+        count: int,
+        source: str | None = None,
+        timeout: float = 2.0,
+        read: bool = True,
+    ) -> dict:
         """`count` connects in a loop inside the agent: {succeeded, errnos, seconds, ...}."""
-        return self.call("connect_many", address=address, port=port, count=count, source=source,
-                         timeout=timeout, read=read)
+        return self.call(
+            "connect_many",
+            address=address,
+            port=port,
+            count=count,
+            source=source,
+            timeout=timeout,
+            read=read,
+        )
 
-    def send(self, address: str, port: int, source: str | None = None, timeout: float = 1.0,
-             connected: bool = False) -> dict:
-        return self.call("send", address=address, port=port, source=source, timeout=timeout,
-                         connected=connected)
+    def send(
+        self,
+        address: str,
+        port: int,
+        source: str | None = None,
+        timeout: float = 1.0,
+        connected: bool = False,
+    ) -> dict:
+        return self.call(
+            "send", address=address, port=port, source=source, timeout=timeout, connected=connected
+        )
 
-    def ask_many(self, address: str, port: int, count: int, source: str | None = None,
-                 timeout: float = 1.0) -> dict:
-        return self.call("ask_many", address=address, port=port, count=count, source=source, timeout=timeout)
+    def ask_many(
+        self, address: str, port: int, count: int, source: str | None = None, timeout: float = 1.0
+    ) -> dict:
+        return self.call(
+            "ask_many", address=address, port=port, count=count, source=source, timeout=timeout
+        )
 
     def accepted(self, protocol: str, address: str, port: int) -> int:
         """Connections (TCP) or datagrams (UDP) the listener on (address, port) has taken."""

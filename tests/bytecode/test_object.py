@@ -5,6 +5,7 @@ output (ebmesh/toolchain/inspect.py) and need no root. Tests marked `kernel`
 load the object into the running kernel, every program at once, and so run
 it through the verifier; they attach nothing anywhere.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,27 +34,67 @@ SHOP = REPO / "examples" / "shop.mesh"
 BPF_SRC = REPO / "bpf_src"
 
 PROGRAMS = {  # name -> (section, program type, expected attach type)
-    "ebmesh_connect4": ("cgroup/connect4", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET4_CONNECT),
-    "ebmesh_connect6": ("cgroup/connect6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET6_CONNECT),
-    "ebmesh_sendmsg4": ("cgroup/sendmsg4", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP4_SENDMSG),
-    "ebmesh_sendmsg6": ("cgroup/sendmsg6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP6_SENDMSG),
-    "ebmesh_ingress": ("cgroup_skb/ingress", ProgType.BPF_PROG_TYPE_CGROUP_SKB, AttachType.BPF_CGROUP_INET_INGRESS),
-    "ebmesh_egress": ("cgroup_skb/egress", ProgType.BPF_PROG_TYPE_CGROUP_SKB, AttachType.BPF_CGROUP_INET_EGRESS),
+    "ebmesh_connect4": (
+        "cgroup/connect4",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_INET4_CONNECT,
+    ),
+    "ebmesh_connect6": (
+        "cgroup/connect6",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_INET6_CONNECT,
+    ),
+    "ebmesh_sendmsg4": (
+        "cgroup/sendmsg4",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_UDP4_SENDMSG,
+    ),
+    "ebmesh_sendmsg6": (
+        "cgroup/sendmsg6",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_UDP6_SENDMSG,
+    ),
+    "ebmesh_ingress": (
+        "cgroup_skb/ingress",
+        ProgType.BPF_PROG_TYPE_CGROUP_SKB,
+        AttachType.BPF_CGROUP_INET_INGRESS,
+    ),
+    "ebmesh_egress": (
+        "cgroup_skb/egress",
+        ProgType.BPF_PROG_TYPE_CGROUP_SKB,
+        AttachType.BPF_CGROUP_INET_EGRESS,
+    ),
     "ebmesh_getpeername4": (
-        "cgroup/getpeername4", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET4_GETPEERNAME
+        "cgroup/getpeername4",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_INET4_GETPEERNAME,
     ),
     "ebmesh_getpeername6": (
-        "cgroup/getpeername6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET6_GETPEERNAME
+        "cgroup/getpeername6",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_INET6_GETPEERNAME,
     ),
-    "ebmesh_recvmsg4": ("cgroup/recvmsg4", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP4_RECVMSG),
-    "ebmesh_recvmsg6": ("cgroup/recvmsg6", ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP6_RECVMSG),
+    "ebmesh_recvmsg4": (
+        "cgroup/recvmsg4",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_UDP4_RECVMSG,
+    ),
+    "ebmesh_recvmsg6": (
+        "cgroup/recvmsg6",
+        ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        AttachType.BPF_CGROUP_UDP6_RECVMSG,
+    ),
     "ebmesh_evaluate": ("syscall", ProgType.BPF_PROG_TYPE_SYSCALL, None),
 }
 # Programs that take a verdict: every one but the egress recorder, which only
 # notes who sent a new flow (the egress verdict was taken at connect/sendmsg),
 # and the reverse translators of service addresses.
 DECIDING = set(PROGRAMS) - {
-    "ebmesh_egress", "ebmesh_getpeername4", "ebmesh_getpeername6", "ebmesh_recvmsg4", "ebmesh_recvmsg6"
+    "ebmesh_egress",
+    "ebmesh_getpeername4",
+    "ebmesh_getpeername6",
+    "ebmesh_recvmsg4",
+    "ebmesh_recvmsg6",
 }
 
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
@@ -81,7 +122,14 @@ MAPS = {  # name -> (type, key mirror, value mirror); None: no key/value (a ring
 C_NAME = {mirror: f"struct {name}" for name, mirror in abi.C_STRUCTS.items()}
 
 # The kernel's license_is_gpl_compatible() (include/linux/license.h).
-GPL_COMPATIBLE = {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"}
+GPL_COMPATIBLE = {
+    "GPL",
+    "GPL v2",
+    "GPL and additional rights",
+    "Dual BSD/GPL",
+    "Dual MIT/GPL",
+    "Dual MPL/GPL",
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +149,11 @@ def test_exactly_the_expected_programs(info):
     found = {p.name: (p.section, p.prog_type, p.attach_type) for p in info.programs}
     assert found == PROGRAMS
     # the decision and the two lookups it repeats are global: each verified once
-    assert sorted(p.name for p in info.subprograms) == ["decide", "match_pair", "match_port_intervals"]
+    assert sorted(p.name for p in info.subprograms) == [
+        "decide",
+        "match_pair",
+        "match_port_intervals",
+    ]
     assert all(not p.is_subprogram for p in info.programs)
 
 
@@ -113,11 +165,17 @@ def test_decide_is_one_global_function_called_by_every_deciding_program(info):
     (function,) = info.btf.find("decide", BtfKind.FUNC)
     assert function.linkage == Linkage.GLOBAL
     prototype = info.btf.type(function.type_id)
-    assert [info.btf.type_name(p.type_id) for p in prototype.params] == ["struct flow *", "struct decision *"]
+    assert [info.btf.type_name(p.type_id) for p in prototype.params] == [
+        "struct flow *",
+        "struct decision *",
+    ]
 
     callers = {
-        p.name for p in info.programs
-        if any(r.kind == RelocationKind.SUBPROG_CALL and r.target == "decide" for r in p.relocations)
+        p.name
+        for p in info.programs
+        if any(
+            r.kind == RelocationKind.SUBPROG_CALL and r.target == "decide" for r in p.relocations
+        )
     }
     assert callers == DECIDING
     assert EVALUATE_PROGRAM in callers  # the test harness runs the very same code
@@ -137,7 +195,9 @@ def test_every_program_ends_as_the_kernel_requires(info):
         for insn in instructions:
             assert insn.is_valid, f"{program.name}: {insn.index}: undecodable {insn.raw.hex()}"
             if insn.is_jump:
-                assert insn.jump_target in starts, f"{program.name}: {insn.index}: {insn.text} leaves the function"
+                assert insn.jump_target in starts, (
+                    f"{program.name}: {insn.index}: {insn.text} leaves the function"
+                )
     # In the object straight from clang: programs start at slot 0 of their own section.
     assert all(p.first_index == 0 for p in info.programs)
 
@@ -146,7 +206,9 @@ def test_every_program_ends_as_the_kernel_requires(info):
 
 
 def test_maps_match_maps_h(info):
-    declared = re.findall(r"^\}\s*(\w+)\s+SEC\(\"\.maps\"\);", (BPF_SRC / "maps.h").read_text(), re.M)
+    declared = re.findall(
+        r"^\}\s*(\w+)\s+SEC\(\"\.maps\"\);", (BPF_SRC / "maps.h").read_text(), re.M
+    )
     assert sorted(declared) == sorted(MAPS), "maps.h and this test disagree on which maps exist"
     assert sorted(m.name for m in info.maps) == sorted(MAPS)
     for name, (map_type, key, value) in MAPS.items():
@@ -155,7 +217,9 @@ def test_maps_match_maps_h(info):
         assert found.key_size == (ctypes.sizeof(key) if key else 0), name
         assert found.value_size == (ctypes.sizeof(value) if value else 0), name
         # socket storage must not be preallocated (the kernel insists); everything else is plain
-        expected_flags = 1 if map_type == MapType.BPF_MAP_TYPE_SK_STORAGE else 0  # BPF_F_NO_PREALLOC
+        expected_flags = (
+            1 if map_type == MapType.BPF_MAP_TYPE_SK_STORAGE else 0
+        )  # BPF_F_NO_PREALLOC
         assert found.map_flags == expected_flags, name
         if key in C_NAME:
             assert found.key_type == C_NAME[key], name
@@ -176,7 +240,9 @@ def test_lru_percpu_and_ringbuf_maps(info):
 def test_config_is_read_only_global_data(info):
     (config,) = [d for d in info.data_sections if d.name == ".rodata.config"]
     assert config.readonly
-    assert [(v.name, v.offset, v.size) for v in config.variables] == [("CONFIG", 0, ctypes.sizeof(abi.RuntimeConfig))]
+    assert [(v.name, v.offset, v.size) for v in config.variables] == [
+        ("CONFIG", 0, ctypes.sizeof(abi.RuntimeConfig))
+    ]
     # Nothing else is global data: every policy number lives in maps or in the config.
     assert [d.name for d in info.data_sections] == [".rodata.config"]
 
@@ -210,9 +276,14 @@ def test_license_btf_core_and_kfunc(info):
 def layout_of_mirror(mirror):
     size = ctypes.sizeof(mirror)
     if issubclass(mirror, ctypes.Structure):
-        return ("struct", size, tuple(
-            (name, getattr(mirror, name).offset, layout_of_mirror(field_type)) for name, field_type in mirror._fields_
-        ))
+        return (
+            "struct",
+            size,
+            tuple(
+                (name, getattr(mirror, name).offset, layout_of_mirror(field_type))
+                for name, field_type in mirror._fields_
+            ),
+        )
     if issubclass(mirror, ctypes.Array):
         return ("array", size, mirror._length_, layout_of_mirror(mirror._type_))
     assert mirror in (ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64), mirror
@@ -225,11 +296,20 @@ def layout_from_btf(btf, type_id: int):
     if resolved.kind == BtfKind.STRUCT:
         members = []
         for member in btf.struct_info(resolved.id).members:
-            where = member.offset if member.bitfield_size == 0 and member.bit_offset % 8 == 0 else f"bit {member.bit_offset}"
+            where = (
+                member.offset
+                if member.bitfield_size == 0 and member.bit_offset % 8 == 0
+                else f"bit {member.bit_offset}"
+            )
             members.append((member.name, where, layout_from_btf(btf, member.type_id)))
         return ("struct", size, tuple(members))
     if resolved.kind == BtfKind.ARRAY:
-        return ("array", size, resolved.array.nelems, layout_from_btf(btf, resolved.array.elem_type_id))
+        return (
+            "array",
+            size,
+            resolved.array.nelems,
+            layout_from_btf(btf, resolved.array.elem_type_id),
+        )
     if resolved.kind == BtfKind.INT and not resolved.int_encoding.signed:
         return ("uint", size)
     return (resolved.kind.name.lower(), size)  # matches no mirror
@@ -244,19 +324,31 @@ def layout_from_dwarf(die):
         die = die.get_DIE_from_attribute("DW_AT_type")
     if die.tag == "DW_TAG_structure_type":
         members = tuple(
-            (child.attributes["DW_AT_name"].value.decode(),
-             child.attributes["DW_AT_data_member_location"].value if "DW_AT_bit_size" not in child.attributes else "bits",
-             layout_from_dwarf(child.get_DIE_from_attribute("DW_AT_type")))
-            for child in die.iter_children() if child.tag == "DW_TAG_member"
+            (
+                child.attributes["DW_AT_name"].value.decode(),
+                child.attributes["DW_AT_data_member_location"].value
+                if "DW_AT_bit_size" not in child.attributes
+                else "bits",
+                layout_from_dwarf(child.get_DIE_from_attribute("DW_AT_type")),
+            )
+            for child in die.iter_children()
+            if child.tag == "DW_TAG_member"
         )
         return ("struct", die.attributes["DW_AT_byte_size"].value, members)
     if die.tag == "DW_TAG_array_type":
         (subrange,) = [c for c in die.iter_children() if c.tag == "DW_TAG_subrange_type"]
         attributes = subrange.attributes
-        length = attributes["DW_AT_count"].value if "DW_AT_count" in attributes else attributes["DW_AT_upper_bound"].value + 1
+        length = (
+            attributes["DW_AT_count"].value
+            if "DW_AT_count" in attributes
+            else attributes["DW_AT_upper_bound"].value + 1
+        )
         element = layout_from_dwarf(die.get_DIE_from_attribute("DW_AT_type"))
         return ("array", length * element[1], length, element)
-    if die.tag == "DW_TAG_base_type" and die.attributes["DW_AT_encoding"].value in _UNSIGNED_ENCODINGS:
+    if (
+        die.tag == "DW_TAG_base_type"
+        and die.attributes["DW_AT_encoding"].value in _UNSIGNED_ENCODINGS
+    ):
         return ("uint", die.attributes["DW_AT_byte_size"].value)
     return (die.tag, None)
 
@@ -267,8 +359,11 @@ def dwarf_structs(shop):
     found = {}
     for unit in ELFFile(io.BytesIO(shop.object_bytes)).get_dwarf_info().iter_CUs():
         for die in unit.iter_DIEs():
-            if die.tag == "DW_TAG_structure_type" and "DW_AT_name" in die.attributes and \
-                    "DW_AT_declaration" not in die.attributes:
+            if (
+                die.tag == "DW_TAG_structure_type"
+                and "DW_AT_name" in die.attributes
+                and "DW_AT_declaration" not in die.attributes
+            ):
                 found.setdefault(die.attributes["DW_AT_name"].value.decode(), die)
     return found
 
@@ -292,10 +387,29 @@ def test_abi_mirror_matches_the_object(info, dwarf_structs, name):
 
 def test_abi_structs_of_the_maps_and_the_harness_are_in_btf(info):
     """What libbpf and the verifier check against must be in BTF itself."""
-    needed = {"address_key", "address_class", "class_links", "rule_pair_key", "port_table", "port_interval",
-              "rule_set", "identity_info", "service_key", "service_info", "flow_key", "flow_record", "reply_key",
-              "reply_value", "auth_key", "auth_value", "rule_counter", "flow", "decision", "evaluate_request",
-              "runtime_config"}
+    needed = {
+        "address_key",
+        "address_class",
+        "class_links",
+        "rule_pair_key",
+        "port_table",
+        "port_interval",
+        "rule_set",
+        "identity_info",
+        "service_key",
+        "service_info",
+        "flow_key",
+        "flow_record",
+        "reply_key",
+        "reply_value",
+        "auth_key",
+        "auth_value",
+        "rule_counter",
+        "flow",
+        "decision",
+        "evaluate_request",
+        "runtime_config",
+    }
     assert {name for name in needed if len(info.btf.find(name, BtfKind.STRUCT)) == 1} == needed
 
 
@@ -304,7 +418,9 @@ def test_btf_and_dwarf_agree(info, dwarf_structs):
     for name in abi.C_STRUCTS:
         found = info.btf.find(name, BtfKind.STRUCT)
         if found:
-            assert layout_from_dwarf(dwarf_structs[name]) == layout_from_btf(info.btf, found[0].id), name
+            assert layout_from_dwarf(dwarf_structs[name]) == layout_from_btf(
+                info.btf, found[0].id
+            ), name
 
 
 def test_abi_covers_every_struct_of_ebmesh_types_h():
@@ -317,11 +433,21 @@ def test_layout_check_catches_a_moved_field(info, dwarf_structs):
     one field too narrow, fails it."""
 
     class Swapped(abi.Struct):
-        _fields_ = [("workload", abi.u32), ("class_id", abi.u32), ("src_start", abi.u32), ("dst_start", abi.u32)]
+        _fields_ = [
+            ("workload", abi.u32),
+            ("class_id", abi.u32),
+            ("src_start", abi.u32),
+            ("dst_start", abi.u32),
+        ]
 
     class Narrow(abi.Struct):
-        _fields_ = [("timestamp_ns", abi.u64), ("cgroup_id", abi.u32), ("pad", abi.u32),
-                    ("flow", abi.Flow), ("decision", abi.Decision)]
+        _fields_ = [
+            ("timestamp_ns", abi.u64),
+            ("cgroup_id", abi.u32),
+            ("pad", abi.u32),
+            ("flow", abi.Flow),
+            ("decision", abi.Decision),
+        ]
 
     assert object_layout(info, dwarf_structs, "address_class") != layout_of_mirror(Swapped)
     assert object_layout(info, dwarf_structs, "verdict_event") != layout_of_mirror(Narrow)
@@ -393,8 +519,18 @@ NAMED = textwrap.dedent(
     }
     """
 )
-NAMES = ["zebra_unicorn_42", "quokka-svc", "quokka", "narwhal-7", "narwhal", "platypus_mesh_77", "platypus",
-         "echidna", "axolotl", "wombat_comment_93"]
+NAMES = [
+    "zebra_unicorn_42",
+    "quokka-svc",
+    "quokka",
+    "narwhal-7",
+    "narwhal",
+    "platypus_mesh_77",
+    "platypus",
+    "echidna",
+    "axolotl",
+    "wombat_comment_93",
+]
 RULE_LINES = [7, 8, 9, 10]  # where NAMED writes its rules, counted by hand
 
 
@@ -417,8 +553,15 @@ def test_names_never_reach_c():
 
 def test_rule_comments_give_each_rule_its_line():
     compiled = ebmesh.compile(NAMED)
-    assert [NAMED.split("\n")[n - 1].split()[0] for n in RULE_LINES] == ["allow", "allow", "deny", "deny"]
-    found = re.findall(r"^ \*\s+rule (\d+)\s+\S+:(\d+)\s+(.+?)\s*$", compiled.generated_header, re.M)
+    assert [NAMED.split("\n")[n - 1].split()[0] for n in RULE_LINES] == [
+        "allow",
+        "allow",
+        "deny",
+        "deny",
+    ]
+    found = re.findall(
+        r"^ \*\s+rule (\d+)\s+\S+:(\d+)\s+(.+?)\s*$", compiled.generated_header, re.M
+    )
     assert [(int(r), int(line), words) for r, line, words in found] == [
         (1, RULE_LINES[0], "allow"),
         (2, RULE_LINES[1], "allow"),
@@ -431,8 +574,12 @@ def defined_macros(header: str, tmp_path: Path) -> set[str]:
     """What the C preprocessor makes of a header: every macro it ends up defining."""
     path = tmp_path / "policy.h"
     path.write_text(header)
-    result = subprocess.run([str(find_clang()), "-E", "-dM", "-x", "c", str(path)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(find_clang()), "-E", "-dM", "-x", "c", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(result.stdout.splitlines())
 
 
@@ -455,7 +602,9 @@ def test_a_hostile_file_name_stays_in_its_comment(tmp_path, hostile):
     assert strip_comments(evil.generated_header) == strip_comments(benign.generated_header)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert defined_macros(evil.generated_header, tmp_path / "a") == defined_macros(benign.generated_header, tmp_path / "b")
+    assert defined_macros(evil.generated_header, tmp_path / "a") == defined_macros(
+        benign.generated_header, tmp_path / "b"
+    )
     assert "#define POLICY_DEFAULT_VERDICT VERDICT_DENY" in evil.generated_header
     assert "#define POLICY_MODE_AUDIT 0" in evil.generated_header
 
@@ -489,8 +638,12 @@ NO_RULES = 'mesh empty { workload lonely { cgroup "lonely" } }'
 
 def nested(count: int) -> str:
     """`count` destination prefixes nesting around 10.0.0.0, and as many source prefixes."""
-    dst = "\n".join(f"    allow client -> 10.0.0.0/{8 + i} port {1000 + i}/tcp" for i in range(count))
-    src = "\n".join(f"    allow 12.0.0.0/{8 + i} -> client port {2000 + i}/udp" for i in range(count))
+    dst = "\n".join(
+        f"    allow client -> 10.0.0.0/{8 + i} port {1000 + i}/tcp" for i in range(count)
+    )
+    src = "\n".join(
+        f"    allow 12.0.0.0/{8 + i} -> client port {2000 + i}/udp" for i in range(count)
+    )
     return f'mesh deep {{\n    workload client {{ cgroup "client" }}\n{dst}\n{src}\n}}\n'
 
 
@@ -505,7 +658,10 @@ VERIFIER_CASES = {
 
 def test_the_nesting_cases_are_what_they_claim():
     shape, _ = lower(lower_to_ir(load(nested(MAX_PREFIX_NESTING))))
-    assert (shape.max_src_prefix_nesting, shape.max_dst_prefix_nesting) == (MAX_PREFIX_NESTING, MAX_PREFIX_NESTING)
+    assert (shape.max_src_prefix_nesting, shape.max_dst_prefix_nesting) == (
+        MAX_PREFIX_NESTING,
+        MAX_PREFIX_NESTING,
+    )
     with pytest.raises(ebmesh.PolicyError, match="cannot be enforced"):
         ebmesh.compile(nested(MAX_PREFIX_NESTING + 1))
 
@@ -547,7 +703,9 @@ def test_evaluate_runs_on_the_deepest_nesting(root):
         outermost = compiled.evaluate("client", "10.0.0.1", 1000)
         assert outermost.allowed and outermost.rule_id == 1
         assert compiled.evaluate("client", "10.255.0.1", 1000).rule_id == 1  # held by the /8 alone
-        assert not compiled.evaluate("client", "10.255.0.1", 1001).allowed  # 10.0.0.0/9 does not hold it
+        assert not compiled.evaluate(
+            "client", "10.255.0.1", 1001
+        ).allowed  # 10.0.0.0/9 does not hold it
         from_deep = compiled.evaluate("12.0.0.9", "client", 2000 + MAX_PREFIX_NESTING - 1, "udp")
         assert from_deep.allowed and from_deep.rule_id == 2 * MAX_PREFIX_NESTING
         from_top = compiled.evaluate("12.0.0.9", "client", 2000, "udp")

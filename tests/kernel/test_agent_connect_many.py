@@ -1,4 +1,5 @@
 """The agent's `connect_many` (used by bench/run.py): a loop of connects inside the agent."""
+
 from __future__ import annotations
 
 import errno

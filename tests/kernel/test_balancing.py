@@ -4,6 +4,7 @@ A client in the mesh connects to a service's VIP; the connect is translated
 to one of the backends (each a workload process listening on its own
 address), the application keeps seeing the VIP as its peer.
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,7 +50,9 @@ def chi_square_p_value(observed: list[int], expected: list[float]) -> float:
 
 
 def policy(weights=(6, 3, 1), extra_rules: str = "allow client -> web") -> str:
-    backends = "\n".join(f"        backend {address}:8080 weight {w}" for address, w in zip(BACKENDS, weights))
+    backends = "\n".join(
+        f"        backend {address}:8080 weight {w}" for address, w in zip(BACKENDS, weights)
+    )
     return f"""
     mesh lb {{
         workload client {{ cgroup "client" address {CLIENT} }}
@@ -112,7 +115,9 @@ def test_the_application_sees_the_vip_as_its_peer(farm):
         assert result["ok"] and result["greeting"] == "hello\n", result
         assert result["peer"] == [VIP, 80]  # getpeername, translated back
         event = next(e for e in attachment.events(timeout=1.0) if e.direction == "egress")
-        assert event.dst_name == "web-svc" and str(event.dst_address) == VIP and event.dst_port == 80
+        assert (
+            event.dst_name == "web-svc" and str(event.dst_address) == VIP and event.dst_port == 80
+        )
         assert str(event.backend_address) in BACKENDS and event.backend_port == 8080
         assert "=> backend" in str(event)
 
@@ -134,7 +139,11 @@ def test_a_service_with_no_backend_refuses_at_once(farm):
     with ebmesh.compile(policy()).attach(root) as attachment:
         attachment.set_backends("web-svc", {})
         refused = client.connect(VIP, 80, source=CLIENT)
-        assert not refused["ok"] and refused["errno"] == errno.ECONNREFUSED and refused["seconds"] < 0.5
+        assert (
+            not refused["ok"]
+            and refused["errno"] == errno.ECONNREFUSED
+            and refused["seconds"] < 0.5
+        )
         attachment.set_backends("web-svc", {f"{BACKENDS[0]}:8080": 0})  # declared, unused
         refused = client.connect(VIP, 80, source=CLIENT)
         assert refused["errno"] == errno.ECONNREFUSED
@@ -146,6 +155,7 @@ def test_set_backends_under_load_fails_no_connection(farm):
     root, client, web, _ = farm
     outcome = {}
     with ebmesh.compile(policy()).attach(root, events="none") as attachment:
+
         def load():
             outcome.update(client.connect_many(VIP, 80, 4000, source=CLIENT))
 

@@ -3,6 +3,7 @@
 Each workload is a throwaway cgroup with agent processes inside and its own
 loopback address (127.0.N.1); the policy is attached to their parent.
 """
+
 from __future__ import annotations
 
 import errno
@@ -111,7 +112,9 @@ def test_cidr_with_except(world):
         assert_denied_at_once(world.client.connect(SERVER, 8080, source=CLIENT))  # inside an except
         assert_denied_at_once(world.client.connect(OTHER, 8080, source=CLIENT))
         world.client.listen("tcp", "127.0.3.200", 8080)
-        assert_allowed(world.client.connect("127.0.3.200", 8080, source=CLIENT))  # outside both excepts
+        assert_allowed(
+            world.client.connect("127.0.3.200", 8080, source=CLIENT)
+        )  # outside both excepts
 
 
 def test_a_workload_is_its_cgroup_not_its_address(world):
@@ -167,13 +170,13 @@ def test_ingress_judges_traffic_from_outside_the_mesh_by_address(world):
 def test_receiver_known_only_by_cgroup_is_judged_at_connect(world):
     """The server has no address: only its listening socket's cgroup names it.
     Egress finds it, so the denial is EPERM at connect, not a dropped SYN."""
-    source = f"""
-        mesh t {{
-            workload client {{ cgroup "client" }}
-            workload server {{ cgroup "server" }}
+    source = """
+        mesh t {
+            workload client { cgroup "client" }
+            workload server { cgroup "server" }
             allow client -> 127.0.2.0/24
             deny client -> server port 9090
-        }}
+        }
     """
     with attach(world, source):
         assert_allowed(world.client.connect(SERVER, 8080))
@@ -217,7 +220,9 @@ def test_mode_audit_lets_denials_through_and_reports_them(world):
 
 def test_events_name_the_rule_and_its_line(world):
     source = mesh("allow client -> server port 8080\ndeny client -> server port 9090")
-    line_of_deny = next(n for n, text in enumerate(source.splitlines(), 1) if text.strip().startswith("deny"))
+    line_of_deny = next(
+        n for n, text in enumerate(source.splitlines(), 1) if text.strip().startswith("deny")
+    )
     with attach(world, source) as attachment:
         world.client.connect(SERVER, 9090, source=CLIENT)
         event = next(e for e in attachment.events(timeout=2.0) if e.verdict == "deny")

@@ -4,6 +4,7 @@ The processes live in throwaway network namespaces (entered with setns, which
 keeps the cgroup2 mount visible, unlike `ip netns exec`) and in throwaway
 cgroups under the attach point.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,7 +31,9 @@ def denied_at_once(result) -> bool:
 @pytest.fixture
 def v6(cgroup_tree, spawn):
     root = cgroup_tree("client", "server")
-    with throwaway_netns((f"{CLIENT6}/128", f"{SERVER6}/128", f"{OTHER6}/128", "127.0.2.1/32")) as ns:
+    with throwaway_netns(
+        (f"{CLIENT6}/128", f"{SERVER6}/128", f"{OTHER6}/128", "127.0.2.1/32")
+    ) as ns:
         client = spawn(root / "client", netns=ns, name="client")
         server = spawn(root / "server", netns=ns, name="server")
         for port in (8080, 9090):
@@ -80,8 +83,10 @@ def test_traffic_from_another_host_is_judged_by_address(cgroup_tree, spawn):
     """A peer in another namespace, outside the mesh, reaches the server over veth:
     only the server's ingress sees it, and knows it by its address."""
     root = cgroup_tree("server")
-    with throwaway_netns() as host, throwaway_netns() as remote, veth_pair(
-        host, "10.9.0.1/24", remote, "10.9.0.2/24"
+    with (
+        throwaway_netns() as host,
+        throwaway_netns() as remote,
+        veth_pair(host, "10.9.0.1/24", remote, "10.9.0.2/24"),
     ):
         server = spawn(root / "server", netns=host)
         server.listen("tcp", "10.9.0.1", 8080)
@@ -98,7 +103,10 @@ def test_traffic_from_another_host_is_judged_by_address(cgroup_tree, spawn):
             assert peer.connect("10.9.0.1", 8080)["ok"]
             dropped = peer.connect("10.9.0.1", 9090, timeout=1.0)
             assert not dropped["ok"] and dropped["errno"] == errno.ETIMEDOUT
-            seen = [(e.direction, e.src_name, e.verdict, e.dst_port) for e in attachment.events(timeout=1.0)]
+            seen = [
+                (e.direction, e.src_name, e.verdict, e.dst_port)
+                for e in attachment.events(timeout=1.0)
+            ]
             assert ("ingress", "peer", "allow", 8080) in seen
             assert ("ingress", "peer", "deny", 9090) in seen
 
@@ -107,8 +115,10 @@ def test_a_local_workload_in_another_namespace_is_known_by_its_cgroup(cgroup_tre
     """Across namespaces the sender's address is not the one it was declared
     with, but its cgroup still names it at the receiver's ingress."""
     root = cgroup_tree("client", "server")
-    with throwaway_netns() as host, throwaway_netns() as remote, veth_pair(
-        host, "10.9.0.1/24", remote, "10.9.0.2/24"
+    with (
+        throwaway_netns() as host,
+        throwaway_netns() as remote,
+        veth_pair(host, "10.9.0.1/24", remote, "10.9.0.2/24"),
     ):
         server = spawn(root / "server", netns=host)
         server.listen("tcp", "10.9.0.1", 8080)
@@ -140,5 +150,7 @@ def test_ipv6_extension_headers_do_not_hide_a_syn(v6, spawn):
     with ebmesh.compile(source).attach(root):
         allowed = outsider.connect(SERVER6, 8080, source=OTHER6, destination_options=True)
         assert allowed["ok"], allowed
-        dropped = outsider.connect(SERVER6, 9090, source=OTHER6, destination_options=True, timeout=1.0)
+        dropped = outsider.connect(
+            SERVER6, 9090, source=OTHER6, destination_options=True, timeout=1.0
+        )
         assert not dropped["ok"] and dropped["errno"] == errno.ETIMEDOUT, dropped

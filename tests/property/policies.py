@@ -4,6 +4,7 @@ Addresses are drawn from a small space so that prefixes nest, overlap, and
 excepts cut into each other often; ports cluster around a few values so that
 ranges meet at their edges.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -42,7 +43,9 @@ def _prefix(draw, family: int) -> ipaddress._BaseNetwork:
 
 
 def _text(network) -> str:
-    return str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+    return (
+        str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+    )
 
 
 @st.composite
@@ -85,7 +88,9 @@ def universes(draw, families=(4, 6)) -> Universe:
         backend_text = f"[{backend}]" if family == 6 else str(backend)
         name = f"s{index}"
         universe.services.append(name)
-        universe.declarations.append(f"service {name} {vip_text}:{port}/{protocol} {{ backend {backend_text}:80 }}")
+        universe.declarations.append(
+            f"service {name} {vip_text}:{port}/{protocol} {{ backend {backend_text}:80 }}"
+        )
         universe.prefixes.append(ipaddress.ip_network(vip))
     return universe
 
@@ -98,7 +103,11 @@ def address_peers(draw, universe: Universe, families) -> str:
         network = _prefix(draw, draw(st.sampled_from(families)))
     text = _text(network)
     if network.prefixlen < network.max_prefixlen - 1 and draw(st.integers(0, 3)) == 0:
-        inner = list(network.subnets(new_prefix=min(network.max_prefixlen, network.prefixlen + draw(st.integers(1, 6)))))
+        inner = list(
+            network.subnets(
+                new_prefix=min(network.max_prefixlen, network.prefixlen + draw(st.integers(1, 6)))
+            )
+        )
         excepts = draw(st.lists(st.sampled_from(inner[:64]), min_size=1, max_size=3, unique=True))
         text += " except " + ", ".join(_text(e) for e in excepts)
     return text
@@ -142,7 +151,9 @@ def port_clauses(draw) -> str:
 
 
 @st.composite
-def policies(draw, families=(4, 6), max_rules: int = 12, universe: Universe | None = None) -> tuple[str, Universe]:
+def policies(
+    draw, families=(4, 6), max_rules: int = 12, universe: Universe | None = None
+) -> tuple[str, Universe]:
     universe = universe or draw(universes(families))
     lines = [
         "mesh random {",
@@ -156,7 +167,9 @@ def policies(draw, families=(4, 6), max_rules: int = 12, universe: Universe | No
         target = draw(sides(universe, families, destination=True))
         if source in universe.remote and target in universe.remote + universe.services:
             source = "any"  # neither end could be local: such a rule cannot be enforced
-        names_a_service = any(service in target.strip("[]").split(", ") for service in universe.services)
+        names_a_service = any(
+            service in target.strip("[]").split(", ") for service in universe.services
+        )
         ports = "" if names_a_service else draw(port_clauses())  # a service has its own port
         rule = f"    {action} {source} -> {target}{ports}"
         if action == "deny" and draw(st.integers(0, 4)) == 0:

@@ -6,6 +6,7 @@ each example attaches a random policy over them and tries TCP connects and
 UDP request/response between every kind of party: local workloads, a local
 process of no workload, and processes outside the mesh (known by address).
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,8 +48,16 @@ UNIVERSE = Universe(
     prefixes=[
         ipaddress.ip_network(p)
         for p in (
-            "127.0.0.0/8", "127.0.0.0/16", "127.0.1.0/24", "127.0.1.1/32", "127.0.2.0/24",
-            "127.0.2.0/25", "127.0.2.1/32", "127.0.3.0/24", "127.0.4.1/32", "127.0.5.0/24",
+            "127.0.0.0/8",
+            "127.0.0.0/16",
+            "127.0.1.0/24",
+            "127.0.1.1/32",
+            "127.0.2.0/24",
+            "127.0.2.0/25",
+            "127.0.2.1/32",
+            "127.0.3.0/24",
+            "127.0.4.1/32",
+            "127.0.5.0/24",
             "127.0.9.0/24",
         )
     ],
@@ -59,7 +68,7 @@ UNIVERSE = Universe(
 def parties(cgroup_tree, spawn):
     root = cgroup_tree("a", "b", "c", "stray")
     agents = {}
-    for name, (cgroup, address) in PARTIES.items():
+    for name, (cgroup, _) in PARTIES.items():
         agents[name] = spawn(root / cgroup if cgroup else None, name=name)
     for name in SERVERS:
         for port in TCP_PORTS:
@@ -120,7 +129,11 @@ def cases(draw):
 @settings(
     max_examples=15,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 @given(cases())
 def test_real_connects_agree_with_the_reference(parties, case):
@@ -136,5 +149,7 @@ def test_real_connects_agree_with_the_reference(parties, case):
             want = expected_outcome(compiled.policy, client, server, port, protocol)
             got = observed_outcome(agents[client], server, port, protocol, PARTIES[client][1])
             if got != want:
-                disagreements.append(f"{client} -> {server}:{port}/{protocol}: expected {want}, got {got}")
+                disagreements.append(
+                    f"{client} -> {server}:{port}/{protocol}: expected {want}, got {got}"
+                )
     assert not disagreements, f"in\n{text}\n" + "\n".join(disagreements)

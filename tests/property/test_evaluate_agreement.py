@@ -1,6 +1,7 @@
 """Random policies x random flows: the kernel's decision code (run through the
 SEC("syscall") harness by `evaluate`) agrees with the reference evaluator
 written from the contract. Zero disagreements: verdict, deciding rule, audit rule."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -43,14 +44,20 @@ def reference_flow(compiled, source, destination, port, protocol, source_address
     elif destination in by_name:
         workload = by_name[destination]
         dst_identity = workload.identity
-        dst_address = workload.prefixes[0].network_address if workload.prefixes else ipaddress.ip_address("127.0.0.1")
+        dst_address = (
+            workload.prefixes[0].network_address
+            if workload.prefixes
+            else ipaddress.ip_address("127.0.0.1")
+        )
     else:
         dst_address = ipaddress.ip_address(destination)
     if dst_identity is None:
         for service in policy.services:
             if (service.vip, service.port, service.protocol) == (dst_address, port, proto):
                 dst_identity = service.identity
-    return reference.Flow(dst_address, port, proto, src_identity, src_address, dst_identity), dst_address
+    return reference.Flow(
+        dst_address, port, proto, src_identity, src_address, dst_identity
+    ), dst_address
 
 
 @st.composite
@@ -76,7 +83,15 @@ def cases(draw):
     return text, flows
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(cases())
 def test_evaluate_agrees_with_the_reference(root, case):
     text, flows = case
@@ -84,12 +99,24 @@ def test_evaluate_agrees_with_the_reference(root, case):
     disagreements = []
     with compiled:
         for source, destination, port, protocol, source_address in flows:
-            flow, dst_address = reference_flow(compiled, source, destination, port, protocol, source_address)
+            flow, dst_address = reference_flow(
+                compiled, source, destination, port, protocol, source_address
+            )
             if flow.src_address is not None and flow.src_address.version != dst_address.version:
                 continue  # a flow cannot mix families
             expected = reference.decide(compiled.policy, flow)
-            got = compiled.evaluate(source, destination, port, protocol, source_address=source_address)
-            want = ("allow" if expected.verdict is Verdict.ALLOW else "deny", expected.rule, expected.audit_rule)
+            got = compiled.evaluate(
+                source, destination, port, protocol, source_address=source_address
+            )
+            want = (
+                "allow" if expected.verdict is Verdict.ALLOW else "deny",
+                expected.rule,
+                expected.audit_rule,
+            )
             if (got.verdict, got.rule_id, got.audit_rule_id) != want:
-                disagreements.append((source, source_address, destination, port, protocol, want, got))
-    assert not disagreements, f"{len(disagreements)} disagreements in\n{text}\nfirst: {disagreements[:3]}"
+                disagreements.append(
+                    (source, source_address, destination, port, protocol, want, got)
+                )
+    assert not disagreements, (
+        f"{len(disagreements)} disagreements in\n{text}\nfirst: {disagreements[:3]}"
+    )

@@ -7,6 +7,7 @@ throwaway `ebmesh-test-*` cgroups (the `cgroup_tree` fixture), except one that
 checks `apply` refuses the root cgroup, with a policy that allows everything
 should that refusal ever break.
 """
+
 from __future__ import annotations
 
 import errno
@@ -51,21 +52,55 @@ ATTACH_TYPES = (
     BPF_CGROUP_UDP4_SENDMSG,
     BPF_CGROUP_UDP6_SENDMSG,
 )
-PROGRAMS = ("ebmesh_connect4", "ebmesh_connect6", "ebmesh_sendmsg4", "ebmesh_sendmsg6", "ebmesh_getpeername4",
-            "ebmesh_getpeername6", "ebmesh_recvmsg4", "ebmesh_recvmsg6", "ebmesh_ingress", "ebmesh_egress",
-            "ebmesh_evaluate")
-MAPS = ("address_prefixes", "class_links", "rule_pairs", "port_intervals", "cgroup_workloads", "identities",
-        "services", "backend_slots", "backends", "backend_counters", "socket_translations", "udp_translations",
-        "udp_affinity", "flows", "udp_replies", "authenticated_pairs", "rule_counters", "verdict_events",
-        "lost_events")
+PROGRAMS = (
+    "ebmesh_connect4",
+    "ebmesh_connect6",
+    "ebmesh_sendmsg4",
+    "ebmesh_sendmsg6",
+    "ebmesh_getpeername4",
+    "ebmesh_getpeername6",
+    "ebmesh_recvmsg4",
+    "ebmesh_recvmsg6",
+    "ebmesh_ingress",
+    "ebmesh_egress",
+    "ebmesh_evaluate",
+)
+MAPS = (
+    "address_prefixes",
+    "class_links",
+    "rule_pairs",
+    "port_intervals",
+    "cgroup_workloads",
+    "identities",
+    "services",
+    "backend_slots",
+    "backends",
+    "backend_counters",
+    "socket_translations",
+    "udp_translations",
+    "udp_affinity",
+    "flows",
+    "udp_replies",
+    "authenticated_pairs",
+    "rule_counters",
+    "verdict_events",
+    "lost_events",
+)
 
 
 def run_ebmesh(*arguments, launcher="python -m ebmesh", timeout=120, **options):
     """`ebmesh ARGS...` in a process of its own; the CompletedProcess."""
     if launcher == "console script" and not CONSOLE_SCRIPT.exists():
         pytest.fail(f"no console script at {CONSOLE_SCRIPT}: run `pip install -e .` (make setup)")
-    return subprocess.run([*LAUNCHERS[launcher], *map(str, arguments)], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout, stdin=subprocess.DEVNULL, **options)
+    return subprocess.run(
+        [*LAUNCHERS[launcher], *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **options,
+    )
 
 
 @pytest.fixture(params=sorted(LAUNCHERS))
@@ -146,7 +181,9 @@ def test_compile_writes_the_object_and_the_c(ebmesh_cmd, tmp_path):
     assert sorted(p.name for p in inspect_object(data).programs) == sorted(PROGRAMS)
 
     assert sorted(p.name for p in generated.iterdir()) == ["ebmesh.bpf.c", "policy.h"]
-    assert (generated / "ebmesh.bpf.c").read_text() == (REPO / "bpf_src" / "ebmesh.bpf.c").read_text()
+    assert (generated / "ebmesh.bpf.c").read_text() == (
+        REPO / "bpf_src" / "ebmesh.bpf.c"
+    ).read_text()
     header = (generated / "policy.h").read_text()
     assert "#define POLICY_DEFAULT_VERDICT VERDICT_DENY" in header
     assert "#define POLICY_RULE_COUNT 7" in header
@@ -235,7 +272,9 @@ def test_parse_destination(text, expected):
     assert parse_destination(text) == expected
 
 
-@pytest.mark.parametrize("text", ["10.0.2.10:", "fd00::1:80", "[fd00::1]", "a b", "10.0.0.1:80/icmp", ":80", ""])
+@pytest.mark.parametrize(
+    "text", ["10.0.2.10:", "fd00::1:80", "[fd00::1]", "a b", "10.0.0.1:80/icmp", ":80", ""]
+)
 def test_parse_destination_rejects(text):
     with pytest.raises(UsageError):
         parse_destination(text)
@@ -270,7 +309,9 @@ def test_explain_names_the_deciding_rule_and_its_line(root, source, destination,
 
 @pytest.mark.kernel
 def test_explain_the_default(root):
-    result = run_ebmesh("explain", "examples/shop.mesh", "--from", "api", "--to", "10.0.4.1:5432/tcp")
+    result = run_ebmesh(
+        "explain", "examples/shop.mesh", "--from", "api", "--to", "10.0.4.1:5432/tcp"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("DENY api -> 10.0.4.1:5432/tcp, decided by the default (deny)")
 
@@ -340,9 +381,14 @@ def attached_programs(cgroup) -> dict:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("stop_signal, launcher", [(signal.SIGINT, "console script"), (signal.SIGTERM, "python -m ebmesh")],
-                         ids=["SIGINT", "SIGTERM"])
-def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_path, stop_signal, launcher):
+@pytest.mark.parametrize(
+    "stop_signal, launcher",
+    [(signal.SIGINT, "console script"), (signal.SIGTERM, "python -m ebmesh")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_apply_prints_verdicts_and_detaches_on_a_signal(
+    cgroup_tree, spawn, tmp_path, stop_signal, launcher
+):
     root = cgroup_tree("client", "server")
     assert root.name.startswith("ebmesh-test-")
     server, client = spawn(root / "server", name="server"), spawn(root / "client", name="client")
@@ -352,8 +398,14 @@ def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_
     policy.write_text(LOOPBACK_POLICY)
     allow_line = line_of(policy, "allow client -> server")
 
-    process = subprocess.Popen([*LAUNCHERS[launcher], "apply", str(policy), "--cgroup", str(root)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [*LAUNCHERS[launcher], "apply", str(policy), "--cgroup", str(root)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         out, err = Lines(process.stdout), Lines(process.stderr)
         started = err.wait_for(lambda line: "attached to" in line, timeout=60)
@@ -364,9 +416,13 @@ def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_
         denied = client.connect(SERVER, 9090, source=CLIENT)
         assert not denied["ok"] and denied["errno"] == errno.EPERM
 
-        allowed = out.wait_for(lambda line: "egress" in line and f"{SERVER}:8080" in line, timeout=10)
-        assert re.search(rf"tcp client {CLIENT}:\d+ -> server {SERVER}:8080 +ALLOW by rule 1 \(\S+:{allow_line}\)",
-                         allowed), allowed
+        allowed = out.wait_for(
+            lambda line: "egress" in line and f"{SERVER}:8080" in line, timeout=10
+        )
+        assert re.search(
+            rf"tcp client {CLIENT}:\d+ -> server {SERVER}:8080 +ALLOW by rule 1 \(\S+:{allow_line}\)",
+            allowed,
+        ), allowed
         refused = out.wait_for(lambda line: f"{SERVER}:9090" in line, timeout=10)
         assert "DENY by the default" in refused
         out.wait_for(lambda line: "ingress" in line and f"{SERVER}:8080" in line, timeout=10)
@@ -375,7 +431,9 @@ def test_apply_prints_verdicts_and_detaches_on_a_signal(cgroup_tree, spawn, tmp_
         assert process.wait(timeout=20) == 0, err.rest()
         errors = err.rest()
         assert any(f"detaching from {root}" in line for line in errors), errors
-        assert any(re.search(r"rule 1 \(.*\): decided 2, audited 0", line) for line in errors), errors
+        assert any(re.search(r"rule 1 \(.*\): decided 2, audited 0", line) for line in errors), (
+            errors
+        )
         assert any("default: decided 1" in line for line in errors), errors
         assert not any("Traceback" in line for line in errors), errors
     finally:
@@ -408,9 +466,22 @@ def test_apply_takes_edits_of_the_file(cgroup_tree, spawn, tmp_path):
         server.listen("tcp", address, 8080)
     policy = tmp_path / "live.mesh"
     policy.write_text(SERVICE_POLICY)
-    process = subprocess.Popen([*LAUNCHERS["python -m ebmesh"], "apply", str(policy), "--cgroup", str(root),
-                                "--events", "none"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [
+            *LAUNCHERS["python -m ebmesh"],
+            "apply",
+            str(policy),
+            "--cgroup",
+            str(root),
+            "--events",
+            "none",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         err = Lines(process.stderr)
         Lines(process.stdout)
@@ -419,7 +490,11 @@ def test_apply_takes_edits_of_the_file(cgroup_tree, spawn, tmp_path):
         assert server.accepted("tcp", "127.0.2.1", 8080) == 20
 
         time.sleep(0.01)  # a new mtime
-        policy.write_text(SERVICE_POLICY.replace("weight 1", "weight 0").replace("weight 0\n    }", "weight 5\n    }"))
+        policy.write_text(
+            SERVICE_POLICY.replace("weight 1", "weight 0").replace(
+                "weight 0\n    }", "weight 5\n    }"
+            )
+        )
         err.wait_for(lambda line: "backends of web changed in place" in line, timeout=30)
         err.wait_for(lambda line: "127.0.2.1:8080 20, 127.0.2.2:8080 0" in line, timeout=10)
         assert client.connect_many("127.0.96.10", 80, 20, source=CLIENT)["succeeded"] == 20
@@ -443,7 +518,7 @@ def test_apply_takes_edits_of_the_file(cgroup_tree, spawn, tmp_path):
     assert attached_programs(root) == {name: [] for name in attached_programs(root)}
 
 
-HARMLESS = 'mesh harmless {\n    default allow\n    workload nobody { address 192.0.2.1 }\n}\n'
+HARMLESS = "mesh harmless {\n    default allow\n    workload nobody { address 192.0.2.1 }\n}\n"
 
 
 @pytest.mark.kernel
@@ -473,7 +548,9 @@ def test_apply_outside_the_hierarchy_and_missing_workloads(root, cgroup, tmp_pat
     policy.write_text(LOOPBACK_POLICY)
     result = run_ebmesh("apply", policy, "--cgroup", "/tmp", timeout=60)
     assert result.returncode == 2 and "not inside the cgroup v2 hierarchy" in result.stderr
-    result = run_ebmesh("apply", policy, "--cgroup", cgroup, timeout=60)  # no client/ or server/ below it
+    result = run_ebmesh(
+        "apply", policy, "--cgroup", cgroup, timeout=60
+    )  # no client/ or server/ below it
     assert result.returncode == 2 and "workload cgroups missing" in result.stderr
     assert attached_programs(cgroup) == {name: [] for name in attached_programs(cgroup)}
 
@@ -505,9 +582,17 @@ def test_apply_without_root_says_so(root, cgroup):
     """As `nobody` (the Python runtime lives under /root, so the child drops its
     effective ids only once it has started), `apply` and `explain` say what
     they need and exit 2."""
-    for arguments in (("apply", SHOP, "--cgroup", cgroup), ("explain", SHOP, "--from", "api", "--to", "api-svc")):
-        result = subprocess.run([sys.executable, "-c", NOT_ROOT, *map(str, arguments)], capture_output=True,
-                                text=True, cwd=REPO, timeout=60)
+    for arguments in (
+        ("apply", SHOP, "--cgroup", cgroup),
+        ("explain", SHOP, "--from", "api", "--to", "api-svc"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", NOT_ROOT, *map(str, arguments)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
         assert result.returncode == 2, result
         assert "needs root" in result.stderr and "sudo" in result.stderr
     assert attached_programs(cgroup) == {name: [] for name in attached_programs(cgroup)}

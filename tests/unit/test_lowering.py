@@ -6,6 +6,7 @@ copy of what the datapath does with them. The last part holds the reference
 evaluator (ebmesh/ir/reference.py) to the contract's example, with expected
 verdicts worked out by hand from the contract's text.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -61,7 +62,15 @@ def policy_of(rules=(), workloads=(), default=Verdict.DENY, mode=Mode.ENFORCE) -
     )
 
 
-def rule(rule_id, source=ANY, destination=ANY, ports=ALL_PORTS, action=Action.ALLOW, mtls=False, audit=False):
+def rule(
+    rule_id,
+    source=ANY,
+    destination=ANY,
+    ports=ALL_PORTS,
+    action=Action.ALLOW,
+    mtls=False,
+    audit=False,
+):
     return Rule(rule_id, action, source, destination, tuple(ports), mtls, audit)
 
 
@@ -97,7 +106,15 @@ def test_subtract_a_24_from_an_8():
     for piece in networks:
         assert piece.subnet_of(net("10.0.0.0/8")) and not piece.overlaps(net("10.0.3.0/24"))
 
-    edges = ["10.0.0.0", "10.0.2.255", "10.0.3.0", "10.0.3.128", "10.0.3.255", "10.0.4.0", "10.255.255.255"]
+    edges = [
+        "10.0.0.0",
+        "10.0.2.255",
+        "10.0.3.0",
+        "10.0.3.128",
+        "10.0.3.255",
+        "10.0.4.0",
+        "10.255.255.255",
+    ]
     rng = random.Random(7)
     samples = [int(ipaddress.IPv4Address(a)) for a in edges]
     samples += [(10 << 24) | rng.getrandbits(24) for _ in range(2000)]
@@ -105,7 +122,10 @@ def test_subtract_a_24_from_an_8():
     for address in samples:
         inside_difference = covers(whole, address) and not covers(hole, address)
         holders = [p for p in pieces if covers(p, address)]
-        assert len(holders) == (1 if inside_difference else 0), (ipaddress.IPv4Address(address), holders)
+        assert len(holders) == (1 if inside_difference else 0), (
+            ipaddress.IPv4Address(address),
+            holders,
+        )
 
 
 def test_subtract_edge_cases():
@@ -153,13 +173,17 @@ def test_subtract_is_exactly_the_difference(case, rng):
     if any(e[1] <= whole[1] and covers(e, whole[2]) for e in excepts):
         expected = 0
     else:
-        outermost = [e for e in cut if not any(o != e and o[1] < e[1] and covers(o, e[2]) for o in cut)]
+        outermost = [
+            e for e in cut if not any(o != e and o[1] < e[1] and covers(o, e[2]) for o in cut)
+        ]
         expected = size(whole) - sum(size(e) for e in set(outermost))
     assert sum(size(p) for p in pieces) == expected
 
     samples = [anchor, whole[2], whole[2] + size(whole) - 1]
     samples += [e[2] for e in excepts] + [e[2] + size(e) - 1 for e in excepts]
-    samples += [(e[2] - 1) % (1 << bits) for e in excepts] + [(e[2] + size(e)) % (1 << bits) for e in excepts]
+    samples += [(e[2] - 1) % (1 << bits) for e in excepts] + [
+        (e[2] + size(e)) % (1 << bits) for e in excepts
+    ]
     samples += [whole[2] + rng.randrange(size(whole)) for _ in range(50)]
     for address in samples:
         wanted = covers(whole, address) and not any(covers(e, address) for e in excepts)
@@ -223,11 +247,30 @@ def prefix_sets(draw):
     anchors = draw(st.lists(st.integers(0, (1 << bits) - 1), min_size=1, max_size=3))
 
     def prefixes(max_size):
-        drawn = draw(st.lists(st.tuples(st.integers(0, len(anchors) - 1), st.integers(0, bits)), max_size=max_size))
-        return sorted({(family, length, (anchors[i] >> (bits - length)) << (bits - length) if length else 0)
-                       for i, length in drawn})
+        drawn = draw(
+            st.lists(
+                st.tuples(st.integers(0, len(anchors) - 1), st.integers(0, bits)), max_size=max_size
+            )
+        )
+        return sorted(
+            {
+                (
+                    family,
+                    length,
+                    (anchors[i] >> (bits - length)) << (bits - length) if length else 0,
+                )
+                for i, length in drawn
+            }
+        )
 
-    return family, bits, anchors, prefixes(8), prefixes(MAX_PREFIX_NESTING - 4), prefixes(MAX_PREFIX_NESTING - 4)
+    return (
+        family,
+        bits,
+        anchors,
+        prefixes(8),
+        prefixes(MAX_PREFIX_NESTING - 4),
+        prefixes(MAX_PREFIX_NESTING - 4),
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -239,7 +282,10 @@ def test_search_finds_the_longest_containing_prefix(case, rng):
         for identity, p in enumerate(workload_prefixes, start=1)
     ]
     rules = [rule(n, source=to_dst(network_of(p))) for n, p in enumerate(src_prefixes, start=1)]
-    rules += [rule(len(rules) + n, destination=to_dst(network_of(p))) for n, p in enumerate(dst_prefixes, start=1)]
+    rules += [
+        rule(len(rules) + n, destination=to_dst(network_of(p)))
+        for n, p in enumerate(dst_prefixes, start=1)
+    ]
     policy = policy_of(rules, workloads)
     _, tables = lower(policy)
 
@@ -266,12 +312,19 @@ def test_search_finds_the_longest_containing_prefix(case, rng):
         assert workload == reference.workload_by_address(policy, ip)
 
         # The parent links walk every rule prefix of a side that holds the address, longest first.
-        for start, side_prefixes, side in ((src_start, src_prefixes, 0), (dst_start, dst_prefixes, 1)):
+        for start, side_prefixes, side in (
+            (src_start, src_prefixes, 0),
+            (dst_start, dst_prefixes, 1),
+        ):
             chain, current = [], start
             while current:
                 chain.append(current)
                 current = tables.class_links[current][side]
-            expected = [class_ids[p] for p in sorted(side_prefixes, key=lambda p: -p[1]) if covers(p, address)]
+            expected = [
+                class_ids[p]
+                for p in sorted(side_prefixes, key=lambda p: -p[1])
+                if covers(p, address)
+            ]
             assert chain == expected
 
 
@@ -320,11 +373,13 @@ def table_of(tables, pair_key, protocol):
     row = next(r for r in tables.rule_pairs if (r[0], r[1]) == pair_key)
     _, _, tcp_first, udp_first, tcp_count, udp_count = row
     first, count = (tcp_first, tcp_count) if protocol is Protocol.TCP else (udp_first, udp_count)
-    return tables.port_intervals[first:first + count]
+    return tables.port_intervals[first : first + count]
 
 
-port_ranges = st.tuples(st.sampled_from([0, 1, 22, 79, 80, 81, 443, 1023, 1024, 8080, 65534, 65535]),
-                        st.integers(0, 300)).map(lambda t: (t[0], min(65535, t[0] + t[1])))
+port_ranges = st.tuples(
+    st.sampled_from([0, 1, 22, 79, 80, 81, 443, 1023, 1024, 8080, 65534, 65535]),
+    st.integers(0, 300),
+).map(lambda t: (t[0], min(65535, t[0] + t[1])))
 
 
 @st.composite
@@ -364,25 +419,46 @@ def test_port_intervals_hold_the_earliest_rule_of_each_kind(rules):
             for port in (start, end - 1):
                 expected = []
                 for kind in sorted(KINDS):
-                    ids = [r.id for r in rules
-                           if (r.action, r.mtls, r.audit) == KINDS[kind] and any(p.contains(port, protocol) for p in r.ports)]
+                    ids = [
+                        r.id
+                        for r in rules
+                        if (r.action, r.mtls, r.audit) == KINDS[kind]
+                        and any(p.contains(port, protocol) for p in r.ports)
+                    ]
                     expected.append(min(ids) if ids else abi.NO_RULE)
                 held = [i for i in intervals if i[0] <= port <= i[1]]
                 if expected == [abi.NO_RULE] * 4:
                     assert held == [], (port, protocol, held)
                 else:
-                    assert len(held) == 1 and list(held[0][2:]) == expected, (port, protocol, held, expected)
+                    assert len(held) == 1 and list(held[0][2:]) == expected, (
+                        port,
+                        protocol,
+                        held,
+                        expected,
+                    )
         # Neighbouring intervals with the same rules are merged.
         for a, b in zip(intervals, intervals[1:]):
             assert not (a[1] + 1 == b[0] and a[2:] == b[2:])
 
 
 def test_identical_port_tables_are_stored_once():
-    a, b, c = (Workload(i, n, n, (), f"spiffe://t/{n}", False) for i, n in ((1, "a"), (2, "b"), (3, "c")))
+    a, b, c = (
+        Workload(i, n, n, (), f"spiffe://t/{n}", False) for i, n in ((1, "a"), (2, "b"), (3, "c"))
+    )
     both = Selector(identities=frozenset({1, 3}))
     rules = [
-        rule(1, source=both, destination=Selector(identities=frozenset({2})), ports=[PortMatch(80, 80, TCP)]),
-        rule(2, source=Selector(identities=frozenset({2})), destination=ANY, ports=[PortMatch(53, 53, UDP)]),
+        rule(
+            1,
+            source=both,
+            destination=Selector(identities=frozenset({2})),
+            ports=[PortMatch(80, 80, TCP)],
+        ),
+        rule(
+            2,
+            source=Selector(identities=frozenset({2})),
+            destination=ANY,
+            ports=[PortMatch(53, 53, UDP)],
+        ),
     ]
     _, tables = lower(policy_of(rules, [a, b, c]))
     pairs = {(r[0], r[1]): r[2:] for r in tables.rule_pairs}
@@ -400,7 +476,9 @@ def test_identical_port_tables_are_stored_once():
         for _, _, tcp_first, udp_first, tcp_count, udp_count in t.rule_pairs:
             for first, count in ((tcp_first, tcp_count), (udp_first, udp_count)):
                 if count:
-                    runs.setdefault(tuple(t.port_intervals[first:first + count]), set()).add((first, count))
+                    runs.setdefault(tuple(t.port_intervals[first : first + count]), set()).add(
+                        (first, count)
+                    )
         assert all(len(places) == 1 for places in runs.values()), runs
         assert sum(len(run) for run in runs) == len(t.port_intervals)
 
@@ -419,7 +497,9 @@ def test_pair_kinds_bitmask():
     assert pair_kinds_of(head + "allow any -> any }") == 1 << 4
     assert pair_kinds_of(head + "allow 10.0.0.0/8 -> b }") == 1 << 6
     assert pair_kinds_of(head + "allow 10.0.0.0/8 -> 10.0.0.0/8 }") == 1 << 8
-    assert pair_kinds_of(head + "allow [a, 10.0.0.0/8] -> [b, any] }") == (1 << 0) | (1 << 1) | (1 << 6) | (1 << 7)
+    assert pair_kinds_of(head + "allow [a, 10.0.0.0/8] -> [b, any] }") == (1 << 0) | (1 << 1) | (
+        1 << 6
+    ) | (1 << 7)
     assert pair_kinds_of(head + "}") == 0
     # The contract's example: identity->identity, any->class, identity->class.
     assert pair_kinds_of(SHOP.read_text()) == (1 << 0) | (1 << 5) | (1 << 2)
@@ -428,8 +508,11 @@ def test_pair_kinds_bitmask():
 def test_pair_kind_numbering_agrees_with_the_datapath():
     text = (REPO / "bpf_src" / "decide.h").read_text()
     defined = dict(re.findall(r"#define SIDE_KIND_(\w+) (\d+)", text))
-    assert defined == {"IDENTITY": str(abi.SIDE_KIND_IDENTITY), "ANY": str(abi.SIDE_KIND_ANY),
-                       "CLASS": str(abi.SIDE_KIND_CLASS)}
+    assert defined == {
+        "IDENTITY": str(abi.SIDE_KIND_IDENTITY),
+        "ANY": str(abi.SIDE_KIND_ANY),
+        "CLASS": str(abi.SIDE_KIND_CLASS),
+    }
     assert "#define PAIR_KIND(src, dst) (1u << ((src) * 3 + (dst)))" in text
 
 
@@ -465,45 +548,192 @@ FRONT_API = frozenset({(FRONTEND, API)})
 SHOP_FLOWS = [
     # Traffic to a service is judged by the service's name. (The pair is authenticated
     # so that the row holds whether or not api's `mtls required` reaches through the VIP.)
-    ("frontend to the service", dict(src_identity=FRONTEND, dst_identity=API_SVC, dst_address="10.96.0.10",
-                                     port=80), FRONT_API, "allow", 1, 0, None),
-    ("mtls allow, not authenticated", dict(src_identity=FRONTEND, dst_identity=API, dst_address="10.0.2.10",
-                                           port=8080), frozenset(), "deny", 2, 0, True),
-    ("mtls allow, authenticated", dict(src_identity=FRONTEND, dst_identity=API, dst_address="10.0.2.10",
-                                       port=8080), FRONT_API, "allow", 2, 0, True),
-    ("mtls rule is tcp only", dict(src_identity=FRONTEND, dst_identity=API, dst_address="10.0.2.10",
-                                   port=8080, protocol=Protocol.UDP), FRONT_API, "deny", 0, 0, False),
-    ("api known by address", dict(src_identity=FRONTEND, dst_address="10.0.2.11", port=8080),
-     FRONT_API, "allow", 2, 0, True),
-    ("audit rule reports, default decides", dict(src_identity=FRONTEND, dst_address="10.0.2.10", port=22),
-     FRONT_API, "deny", 0, 7, False),
-    ("api to db", dict(src_identity=API, dst_address="10.0.3.5", port=5432), frozenset(), "allow", 3, 0, False),
-    ("api to db, another port: the except keeps rule 6 out", dict(src_identity=API, dst_address="10.0.3.5",
-                                                                  port=22), frozenset(), "deny", 0, 0, False),
-    ("api into 10/8 low ports", dict(src_identity=API, dst_address="10.0.4.1", port=22),
-     frozenset(), "deny", 6, 0, False),
-    ("deny beats an earlier allow", dict(src_identity=API, dst_address="10.53.0.1", port=53),
-     frozenset(), "deny", 6, 0, False),
-    ("the deny is tcp only", dict(src_identity=API, dst_address="10.53.0.1", port=53, protocol=Protocol.UDP),
-     frozenset(), "allow", 4, 0, False),
-    ("a process of no workload, DNS", dict(src_identity=0, dst_address="10.53.200.7", port=53,
-                                           protocol=Protocol.UDP), frozenset(), "allow", 4, 0, False),
-    ("a process of no workload, DNS over tcp", dict(src_identity=0, dst_address="10.53.0.1", port=53),
-     frozenset(), "allow", 4, 0, False),
-    ("outside the DNS range", dict(src_identity=0, dst_address="10.54.0.1", port=53, protocol=Protocol.UDP),
-     frozenset(), "deny", 0, 0, False),
-    ("smtp anywhere", dict(src_identity=FRONTEND, dst_address="192.0.2.1", port=25), frozenset(), "deny", 5, 0, False),
-    ("smtp to the VIP address is not the service", dict(src_identity=FRONTEND, dst_address="10.96.0.10", port=25),
-     frozenset(), "deny", 5, 0, False),
-    ("0.0.0.0/0 is IPv4 only", dict(src_identity=FRONTEND, dst_address="2001:db8::1", port=25),
-     frozenset(), "deny", 0, 0, False),
-    ("a frontend address from outside is frontend", dict(src_address="10.0.1.7", dst_identity=API_SVC,
-                                                         dst_address="10.96.0.10", port=80),
-     FRONT_API, "allow", 1, 0, None),
-    ("a stranger's address is nobody", dict(src_address="192.0.2.9", dst_identity=API_SVC,
-                                            dst_address="10.96.0.10", port=80), frozenset(), "deny", 0, 0, False),
-    ("frontend's IPv6 prefix is frontend too", dict(src_address="fd00:1::5", dst_identity=API,
-                                                     dst_address="fd00:5::1", port=8080), FRONT_API, "allow", 2, 0, True),
+    (
+        "frontend to the service",
+        dict(src_identity=FRONTEND, dst_identity=API_SVC, dst_address="10.96.0.10", port=80),
+        FRONT_API,
+        "allow",
+        1,
+        0,
+        None,
+    ),
+    (
+        "mtls allow, not authenticated",
+        dict(src_identity=FRONTEND, dst_identity=API, dst_address="10.0.2.10", port=8080),
+        frozenset(),
+        "deny",
+        2,
+        0,
+        True,
+    ),
+    (
+        "mtls allow, authenticated",
+        dict(src_identity=FRONTEND, dst_identity=API, dst_address="10.0.2.10", port=8080),
+        FRONT_API,
+        "allow",
+        2,
+        0,
+        True,
+    ),
+    (
+        "mtls rule is tcp only",
+        dict(
+            src_identity=FRONTEND,
+            dst_identity=API,
+            dst_address="10.0.2.10",
+            port=8080,
+            protocol=Protocol.UDP,
+        ),
+        FRONT_API,
+        "deny",
+        0,
+        0,
+        False,
+    ),
+    (
+        "api known by address",
+        dict(src_identity=FRONTEND, dst_address="10.0.2.11", port=8080),
+        FRONT_API,
+        "allow",
+        2,
+        0,
+        True,
+    ),
+    (
+        "audit rule reports, default decides",
+        dict(src_identity=FRONTEND, dst_address="10.0.2.10", port=22),
+        FRONT_API,
+        "deny",
+        0,
+        7,
+        False,
+    ),
+    (
+        "api to db",
+        dict(src_identity=API, dst_address="10.0.3.5", port=5432),
+        frozenset(),
+        "allow",
+        3,
+        0,
+        False,
+    ),
+    (
+        "api to db, another port: the except keeps rule 6 out",
+        dict(src_identity=API, dst_address="10.0.3.5", port=22),
+        frozenset(),
+        "deny",
+        0,
+        0,
+        False,
+    ),
+    (
+        "api into 10/8 low ports",
+        dict(src_identity=API, dst_address="10.0.4.1", port=22),
+        frozenset(),
+        "deny",
+        6,
+        0,
+        False,
+    ),
+    (
+        "deny beats an earlier allow",
+        dict(src_identity=API, dst_address="10.53.0.1", port=53),
+        frozenset(),
+        "deny",
+        6,
+        0,
+        False,
+    ),
+    (
+        "the deny is tcp only",
+        dict(src_identity=API, dst_address="10.53.0.1", port=53, protocol=Protocol.UDP),
+        frozenset(),
+        "allow",
+        4,
+        0,
+        False,
+    ),
+    (
+        "a process of no workload, DNS",
+        dict(src_identity=0, dst_address="10.53.200.7", port=53, protocol=Protocol.UDP),
+        frozenset(),
+        "allow",
+        4,
+        0,
+        False,
+    ),
+    (
+        "a process of no workload, DNS over tcp",
+        dict(src_identity=0, dst_address="10.53.0.1", port=53),
+        frozenset(),
+        "allow",
+        4,
+        0,
+        False,
+    ),
+    (
+        "outside the DNS range",
+        dict(src_identity=0, dst_address="10.54.0.1", port=53, protocol=Protocol.UDP),
+        frozenset(),
+        "deny",
+        0,
+        0,
+        False,
+    ),
+    (
+        "smtp anywhere",
+        dict(src_identity=FRONTEND, dst_address="192.0.2.1", port=25),
+        frozenset(),
+        "deny",
+        5,
+        0,
+        False,
+    ),
+    (
+        "smtp to the VIP address is not the service",
+        dict(src_identity=FRONTEND, dst_address="10.96.0.10", port=25),
+        frozenset(),
+        "deny",
+        5,
+        0,
+        False,
+    ),
+    (
+        "0.0.0.0/0 is IPv4 only",
+        dict(src_identity=FRONTEND, dst_address="2001:db8::1", port=25),
+        frozenset(),
+        "deny",
+        0,
+        0,
+        False,
+    ),
+    (
+        "a frontend address from outside is frontend",
+        dict(src_address="10.0.1.7", dst_identity=API_SVC, dst_address="10.96.0.10", port=80),
+        FRONT_API,
+        "allow",
+        1,
+        0,
+        None,
+    ),
+    (
+        "a stranger's address is nobody",
+        dict(src_address="192.0.2.9", dst_identity=API_SVC, dst_address="10.96.0.10", port=80),
+        frozenset(),
+        "deny",
+        0,
+        0,
+        False,
+    ),
+    (
+        "frontend's IPv6 prefix is frontend too",
+        dict(src_address="fd00:1::5", dst_identity=API, dst_address="fd00:5::1", port=8080),
+        FRONT_API,
+        "allow",
+        2,
+        0,
+        True,
+    ),
 ]
 
 
@@ -514,17 +744,25 @@ def shop_policy():
 
 def test_contract_example_numbering(shop_policy):
     """The table above assumes these numbers; the contract fixes the order."""
-    assert [(w.name, w.identity) for w in shop_policy.workloads] == [("frontend", 1), ("api", 2), ("db", 3)]
+    assert [(w.name, w.identity) for w in shop_policy.workloads] == [
+        ("frontend", 1),
+        ("api", 2),
+        ("db", 3),
+    ]
     assert [(s.name, s.identity) for s in shop_policy.services] == [("api-svc", 4)]
     lines = SHOP.read_text().split("\n")
     written = [n for n, text in enumerate(lines, 1) if re.match(r"\s*(allow|deny)\s", text)]
     assert [r.origin.line for r in shop_policy.rules] == written
 
 
-@pytest.mark.parametrize("name, flow, authenticated, verdict, rule_id, audit_rule, needs_mtls", SHOP_FLOWS,
-                         ids=[row[0] for row in SHOP_FLOWS])
-def test_reference_on_the_contract_example(shop_policy, name, flow, authenticated, verdict, rule_id,
-                                           audit_rule, needs_mtls):
+@pytest.mark.parametrize(
+    "name, flow, authenticated, verdict, rule_id, audit_rule, needs_mtls",
+    SHOP_FLOWS,
+    ids=[row[0] for row in SHOP_FLOWS],
+)
+def test_reference_on_the_contract_example(
+    shop_policy, name, flow, authenticated, verdict, rule_id, audit_rule, needs_mtls
+):
     arguments = dict(flow)
     arguments["dst_address"] = ipaddress.ip_address(arguments["dst_address"])
     if "src_address" in arguments:
@@ -543,13 +781,25 @@ def test_reference_on_the_contract_example(shop_policy, name, flow, authenticate
 def test_reference_mode_audit_lets_denials_through():
     text = SHOP.read_text().replace("mode enforce", "mode audit")
     policy = lower_to_ir(load(text))
-    smtp = reference.Flow(ipaddress.ip_address("192.0.2.1"), 25, Protocol.TCP, src_identity=FRONTEND)
+    smtp = reference.Flow(
+        ipaddress.ip_address("192.0.2.1"), 25, Protocol.TCP, src_identity=FRONTEND
+    )
     decision = reference.decide(policy, smtp)
     assert (decision.verdict, decision.rule, decision.would_deny) == (Verdict.ALLOW, 5, True)
-    unauthenticated = reference.Flow(ipaddress.ip_address("10.0.2.10"), 8080, Protocol.TCP,
-                                     src_identity=FRONTEND, dst_identity=API)
+    unauthenticated = reference.Flow(
+        ipaddress.ip_address("10.0.2.10"),
+        8080,
+        Protocol.TCP,
+        src_identity=FRONTEND,
+        dst_identity=API,
+    )
     decision = reference.decide(policy, unauthenticated)
-    assert (decision.verdict, decision.rule, decision.would_deny, decision.needs_mtls) == (Verdict.ALLOW, 2, True, True)
+    assert (decision.verdict, decision.rule, decision.would_deny, decision.needs_mtls) == (
+        Verdict.ALLOW,
+        2,
+        True,
+        True,
+    )
     dns = reference.Flow(ipaddress.ip_address("10.53.0.1"), 53, Protocol.UDP, src_identity=0)
     decision = reference.decide(policy, dns)
     assert (decision.verdict, decision.rule, decision.would_deny) == (Verdict.ALLOW, 4, False)
