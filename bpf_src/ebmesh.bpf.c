@@ -204,6 +204,17 @@ static __always_inline const struct service_info *service_at(const struct flow *
 	return bpf_map_lookup_elem(&services, &key);
 }
 
+/* Remember, with a connected socket, the service its allowed connect was
+ * judged against. */
+static __always_inline void note_verdict(struct socket_note *note, const struct flow *flow)
+{
+	note->verdict.src_identity = flow->src_identity;
+	note->verdict.dst_identity = flow->dst_identity;
+	note->verdict.family = flow->family;
+	__builtin_memcpy(note->verdict.src_addr, flow->src_addr, 16);
+	note->verdict.valid = 1;
+}
+
 /*
  * An allowed connection or datagram to a service: send it to a backend.
  * Connected sockets remember the translation in socket storage (it dies with
@@ -246,11 +257,12 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, 
 	write_user_address(ctx, hook_family, backend->addr, backend->family, backend->port);
 
 	if (!sendmsg) {
-		struct translation *stored =
-			bpf_sk_storage_get(&socket_translations, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		struct socket_note *note = bpf_sk_storage_get(&socket_notes, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-		if (stored)
-			*stored = translation;
+		if (note) {
+			note->translation = translation;
+			note_verdict(note, flow);
+		}
 	} else if (chosen_now) {
 		struct udp_translation_key key = {
 			.cookie = cookie,
@@ -341,10 +353,18 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 	}
 
 	decide(&flow, &decision);
-	if (service && decision.verdict == VERDICT_ALLOW)
+	if (decision.verdict != VERDICT_ALLOW) {
+		report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
+		return SYSCALL_DENY;
+	}
+	/* A connection to a service keeps a note with its socket (for getpeername,
+	 * and so that the backend's ingress does not decide it again). A direct
+	 * one does not: creating socket storage costs more than the receiver's
+	 * second decision it would save. */
+	if (service)
 		return balance(ctx, family, sendmsg, sk, &flow, &decision, service);
 	report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
-	return decision.verdict == VERDICT_ALLOW ? SYSCALL_ALLOW : SYSCALL_DENY;
+	return SYSCALL_ALLOW;
 }
 
 SEC("cgroup/connect4")
@@ -375,6 +395,7 @@ int ebmesh_sendmsg6(struct bpf_sock_addr *ctx)
 static __always_inline int translate_back(struct bpf_sock_addr *ctx, __u8 hook_family, bool datagram)
 {
 	const struct translation *translation = NULL;
+	struct socket_note *note;
 	struct bpf_sock *sk = ctx->sk;
 	__u32 addr[4] = {};
 	__u8 family;
@@ -384,7 +405,9 @@ static __always_inline int translate_back(struct bpf_sock_addr *ctx, __u8 hook_f
 		return SYSCALL_ALLOW;
 	family = read_user_address(ctx, hook_family, addr);
 	port = ctx->user_port;
-	translation = bpf_sk_storage_get(&socket_translations, sk, 0, 0);
+	note = bpf_sk_storage_get(&socket_notes, sk, 0, 0);
+	if (note && note->translation.service)
+		translation = &note->translation;
 	if (!translation && datagram) {
 		struct udp_translation_key key = {
 			.cookie = bpf_get_socket_cookie(ctx),
@@ -431,20 +454,25 @@ int ebmesh_egress(struct __sk_buff *skb)
 {
 	struct packet packet;
 	struct flow_record record = {};
-	const struct translation *translation;
+	const struct translation *translation = NULL;
+	const struct socket_note *note;
 	struct flow_record *known;
 	struct bpf_sock *sk;
 	__u64 now;
 
-	if (read_packet(skb, &packet) != PACKET_L4)
-		return PACKET_PASS;
-	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
-		return PACKET_PASS;
 	sk = skb->sk;
 	if (!sk)
 		return PACKET_PASS;
-	sk = bpf_sk_fullsock(sk);
+	sk = bpf_sk_fullsock(sk); /* request and timewait sockets start no flow */
 	if (!sk)
+		return PACKET_PASS;
+	/* Of TCP only a connecting socket starts a flow: the rest of a
+	 * connection's packets pass without being parsed. */
+	if (sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_SYN_SENT)
+		return PACKET_PASS;
+	if (read_packet(skb, &packet) != PACKET_L4)
+		return PACKET_PASS;
+	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
 		return PACKET_PASS;
 
 	now = bpf_ktime_get_ns();
@@ -453,12 +481,24 @@ int ebmesh_egress(struct __sk_buff *skb)
 		if (known && now - known->seen_ns < FLOW_REFRESH_NS)
 			return PACKET_PASS;
 	}
-	record.src_identity = workload_of_socket(sk);
-	if (record.src_identity == OUTSIDE_ATTACHMENT)
-		return PACKET_PASS;
+	note = bpf_sk_storage_get(&socket_notes, sk, 0, 0);
+	if (note && note->verdict.valid) {
+		record.src_identity = note->verdict.src_identity;
+		/* connect() judged this flow, with this source address or, when no
+		 * rule looks at source addresses, with any */
+		if (!POLICY_HAS_SRC(SIDE_KIND_CLASS) || same_address(note->verdict.src_addr, packet.key.saddr)) {
+			record.flags |= FLOW_RECORD_JUDGED;
+			record.judged_dst = note->verdict.dst_identity;
+		}
+	} else {
+		record.src_identity = workload_of_socket(sk);
+		if (record.src_identity == OUTSIDE_ATTACHMENT)
+			return PACKET_PASS;
+	}
 	record.seen_ns = now;
 	/* Sent to a service? The backend's ingress judges it by the service. */
-	translation = bpf_sk_storage_get(&socket_translations, sk, 0, 0);
+	if (note && note->translation.service)
+		translation = &note->translation;
 	if (!translation && packet.key.protocol == IPPROTO_UDP) {
 		struct udp_translation_key key = {
 			.cookie = bpf_get_socket_cookie(skb),
@@ -490,6 +530,16 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	struct flow_record *sender;
 	struct bpf_sock *sk;
 
+	sk = skb->sk;
+	if (!sk)
+		return PACKET_PASS;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return PACKET_PASS;
+	/* A new TCP connection knocks at a listener; the packets of one that
+	 * exists pass without being parsed. */
+	if (sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN)
+		return PACKET_PASS;
 	switch (read_packet(skb, &packet)) {
 	case PACKET_L4:
 		break;
@@ -499,12 +549,6 @@ int ebmesh_ingress(struct __sk_buff *skb)
 		return PACKET_DROP;
 	}
 	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
-		return PACKET_PASS;
-	sk = skb->sk;
-	if (!sk)
-		return PACKET_PASS;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk)
 		return PACKET_PASS;
 	if (packet.key.protocol == IPPROTO_UDP) {
 		reverse_key(&packet.key, &reply_to);
@@ -539,10 +583,14 @@ int ebmesh_ingress(struct __sk_buff *skb)
 		flow.flags |= FLOW_SRC_BY_ADDRESS;
 	}
 
-	decide(&flow, &decision);
-	report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
-	if (decision.verdict != VERDICT_ALLOW)
-		return PACKET_DROP;
+	if (sender && (sender->flags & FLOW_RECORD_JUDGED) && sender->judged_dst == flow.dst_identity) {
+		/* The sender's connect() already allowed exactly these two parties. */
+	} else {
+		decide(&flow, &decision);
+		report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
+		if (decision.verdict != VERDICT_ALLOW)
+			return PACKET_DROP;
+	}
 	if (flow.protocol == IPPROTO_UDP)
 		allow_answers(&packet);
 	return PACKET_PASS;

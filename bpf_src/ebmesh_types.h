@@ -178,6 +178,25 @@ struct translation {
 	__u8 reserved[3];
 };
 
+/* What connect() decided for a socket connected to a service. Its egress
+ * passes it on with the flow, so that the backend's ingress, seeing the same
+ * two parties, does not decide the same connection again. */
+struct egress_verdict {
+	__u32 src_identity;
+	__u32 dst_identity; /* the service it judged */
+	__u32 src_addr[4];  /* the source address it judged with; zero if unknown then */
+	__u8 family;
+	__u8 valid;
+	__u16 reserved;
+	__u32 reserved2;
+};
+
+/* Kept with each connected socket (socket storage, freed with the socket). */
+struct socket_note {
+	struct translation translation; /* translation.service == 0: not to a service */
+	struct egress_verdict verdict;  /* verdict.valid == 0: nothing to pass on */
+};
+
 struct udp_translation_key {
 	__u64 cookie; /* the socket's */
 	__u32 backend_addr[4];
@@ -213,14 +232,16 @@ struct flow_key {
 	__u16 reserved;
 };
 
+#define FLOW_RECORD_JUDGED (1u << 0) /* the sender's egress allowed it for judged_dst */
+
 struct flow_record {
 	__u32 src_identity;
 	__u32 service;     /* the service the sender addressed (0: none) */
 	__u64 seen_ns;
 	__u32 vip[4];      /* and its VIP, which the flow is judged by */
 	__u16 vip_port;    /* network byte order */
-	__u16 reserved;
-	__u32 reserved2;
+	__u16 flags;       /* FLOW_RECORD_* */
+	__u32 judged_dst;  /* with FLOW_RECORD_JUDGED: the receiver egress judged */
 };
 
 /* ---- UDP replies ------------------------------------------------------------------

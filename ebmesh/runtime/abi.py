@@ -136,6 +136,22 @@ class Translation(Struct):
     ]
 
 
+class EgressVerdict(Struct):
+    _fields_ = [
+        ("src_identity", u32),
+        ("dst_identity", u32),
+        ("src_addr", Address),
+        ("family", u8),
+        ("valid", u8),
+        ("reserved", u16),
+        ("reserved2", u32),
+    ]
+
+
+class SocketNote(Struct):
+    _fields_ = [("translation", Translation), ("verdict", EgressVerdict)]
+
+
 class UdpTranslationKey(Struct):
     _fields_ = [
         ("cookie", u64),
@@ -174,8 +190,8 @@ class FlowRecord(Struct):
         ("seen_ns", u64),
         ("vip", Address),
         ("vip_port", u16),
-        ("reserved", u16),
-        ("reserved2", u32),
+        ("flags", u16),
+        ("judged_dst", u32),
     ]
 
 
@@ -275,6 +291,8 @@ C_STRUCTS: dict[str, type[Struct]] = {
     "backend_slot": BackendSlot,
     "backend": Backend,
     "translation": Translation,
+    "egress_verdict": EgressVerdict,
+    "socket_note": SocketNote,
     "udp_translation_key": UdpTranslationKey,
     "affinity_key": AffinityKey,
     "affinity": Affinity,

@@ -109,7 +109,7 @@ MAPS = {  # name -> (type, key mirror, value mirror); None: no key/value (a ring
     "backend_slots": (MapType.BPF_MAP_TYPE_HASH, abi.SlotKey, abi.BackendSlot),
     "backends": (MapType.BPF_MAP_TYPE_ARRAY, U32, abi.Backend),
     "backend_counters": (MapType.BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64),
-    "socket_translations": (MapType.BPF_MAP_TYPE_SK_STORAGE, ctypes.c_int32, abi.Translation),
+    "socket_notes": (MapType.BPF_MAP_TYPE_SK_STORAGE, ctypes.c_int32, abi.SocketNote),
     "udp_translations": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.UdpTranslationKey, abi.Translation),
     "udp_affinity": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.AffinityKey, abi.Affinity),
     "flows": (MapType.BPF_MAP_TYPE_LRU_HASH, abi.FlowKey, abi.FlowRecord),

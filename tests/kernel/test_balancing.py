@@ -92,7 +92,10 @@ def test_weighted_split_passes_chi_square(farm):
         assert result["succeeded"] == connects, result
         accepted = [web.accepted("tcp", address, 8080) for address in BACKENDS]
         counted = attachment.backend_counters()["web-svc"]
+        decided = attachment.counters()[1].decided  # rule 1: allow client -> web-svc
     assert accepted == [counted[f"{address}:8080"] for address in BACKENDS]
+    # decided once per connect, at connect(): the backend's ingress sees the same two parties
+    assert decided == connects
     assert sum(accepted) == connects
     expected = [connects * w / 10 for w in (6, 3, 1)]
     p_value = chi_square_p_value(accepted, expected)

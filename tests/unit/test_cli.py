@@ -76,7 +76,7 @@ MAPS = (
     "backend_slots",
     "backends",
     "backend_counters",
-    "socket_translations",
+    "socket_notes",
     "udp_translations",
     "udp_affinity",
     "flows",
