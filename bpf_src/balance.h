@@ -68,4 +68,40 @@ static __always_inline bool translation_matches(const struct translation *transl
 	       same_address(translation->backend_addr, addr);
 }
 
+static __always_inline void fill_udp_translation_key(struct udp_translation_key *key, __u64 cookie, __u8 family,
+						     const __u32 *backend_addr, __u16 backend_port)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->cookie = cookie;
+	key->family = family;
+	key->backend_port = backend_port;
+	__builtin_memcpy(key->backend_addr, backend_addr, 16);
+}
+
+/*
+ * What a socket's traffic with (addr, port) was translated from, if it went
+ * to a service: the note of a connected socket, or for an unconnected UDP
+ * socket (`datagram`) the translation kept per backend under its cookie.
+ */
+static __always_inline const struct translation *translation_of(struct bpf_sock *sk, bool datagram, __u64 cookie,
+							       __u8 family, const __u32 *addr, __u16 port)
+{
+	const struct translation *translation = NULL;
+	struct socket_note *note;
+	struct udp_translation_key key;
+
+	if (!POLICY_HAS_SERVICES)
+		return NULL;
+	note = bpf_sk_storage_get(&socket_notes, sk, 0, 0);
+	if (note)
+		translation = &note->translation;
+	if (!translation && datagram) {
+		fill_udp_translation_key(&key, cookie, family, addr, port);
+		translation = bpf_map_lookup_elem(&udp_translations, &key);
+	}
+	if (translation && translation_matches(translation, family, addr, port))
+		return translation;
+	return NULL;
+}
+
 #endif /* EBMESH_BALANCE_H */

@@ -32,6 +32,8 @@ const volatile struct runtime_config CONFIG SEC(".rodata.config") = {};
 #include "decide.h"
 #include "report.h"
 #include "packet.h"
+#include "replies.h"
+#include "sockaddr.h"
 #include "balance.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -42,184 +44,21 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define PACKET_DROP 0
 #define ECONNREFUSED 111
 
-/* How long a UDP flow's record stays fresh before its sender refreshes it. */
-#define FLOW_REFRESH_NS (1000ull * 1000 * 1000)
-/* How long an answer to a UDP datagram passes without a verdict of its own
- * (conntrack's default for an unreplied UDP flow is 30 s). */
-#define UDP_REPLY_WINDOW_NS (30ull * 1000 * 1000 * 1000)
-
-static __always_inline bool recent(__u64 seen_ns, __u64 window_ns)
+/* A denial at the socket that names no rule: the socket's cgroup is nested
+ * too deep below the attach cgroup to be told apart. */
+static __always_inline int refuse_unidentified(struct flow *flow, struct bpf_sock *sk)
 {
-	return bpf_ktime_get_ns() - seen_ns < window_ns;
-}
+	struct decision decision = { .verdict = VERDICT_DENY, .flags = DECISION_TOO_DEEP };
 
-/* Is this datagram an answer to one the socket received and we allowed? */
-static __always_inline bool answers_allowed_datagram(const struct flow *flow, __u16 local_port)
-{
-	struct reply_key key = {
-		.remote_port = bpf_htons(flow->dst_port),
-		.local_port = bpf_htons(local_port),
-		.family = flow->family,
-		.protocol = IPPROTO_UDP,
-	};
-	struct reply_value *reply;
-
-	__builtin_memcpy(key.remote_addr, flow->dst_addr, 16);
-	reply = bpf_map_lookup_elem(&udp_replies, &key);
-	return reply && recent(reply->seen_ns, UDP_REPLY_WINDOW_NS);
-}
-
-static __always_inline void allow_answers(const struct packet *packet)
-{
-	struct reply_key key = {
-		.remote_port = packet->key.sport,
-		.local_port = packet->key.dport,
-		.family = packet->key.family,
-		.protocol = IPPROTO_UDP,
-	};
-	struct reply_value reply = { .seen_ns = bpf_ktime_get_ns() };
-
-	__builtin_memcpy(key.remote_addr, packet->key.saddr, 16);
-	bpf_map_update_elem(&udp_replies, &key, &reply, BPF_ANY);
-}
-
-static __always_inline __u8 policy_protocol(__u32 protocol)
-{
-	if (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP)
-		return IPPROTO_TCP;
-	if (protocol == IPPROTO_UDP)
-		return IPPROTO_UDP;
-	return 0; /* not L4 policy's business */
-}
-
-/* Copies an IPv6 address, or the IPv4 address it maps (::ffff:a.b.c.d):
- * a dual-stack socket talking to IPv4 is judged as IPv4. */
-static __always_inline __u8 copy_address6(__u32 *to, const __u32 *from)
-{
-	if (is_v4_mapped(from)) {
-		to[0] = from[3];
-		return FAMILY_IPV4;
-	}
-	to[0] = from[0];
-	to[1] = from[1];
-	to[2] = from[2];
-	to[3] = from[3];
-	return FAMILY_IPV6;
-}
-
-static __always_inline bool address_is_zero(const __u32 *addr)
-{
-	return (addr[0] | addr[1] | addr[2] | addr[3]) == 0;
-}
-
-/* The address a sock_addr hook holds (user_ip4 or user_ip6), as a flow sees it. */
-static __always_inline __u8 read_user_address(struct bpf_sock_addr *ctx, __u8 hook_family, __u32 *addr)
-{
-	__u32 raw[4];
-
-	if (hook_family == FAMILY_IPV4) {
-		addr[0] = ctx->user_ip4;
-		return FAMILY_IPV4;
-	}
-	raw[0] = ctx->user_ip6[0];
-	raw[1] = ctx->user_ip6[1];
-	raw[2] = ctx->user_ip6[2];
-	raw[3] = ctx->user_ip6[3];
-	return copy_address6(addr, raw);
-}
-
-static __always_inline void write_user_address(struct bpf_sock_addr *ctx, __u8 hook_family,
-					       const __u32 *addr, __u8 family, __u16 port)
-{
-	if (hook_family == FAMILY_IPV4) {
-		ctx->user_ip4 = addr[0];
-	} else if (family == FAMILY_IPV4) { /* a dual-stack socket: keep it v4-mapped */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = addr[0];
-	} else {
-		ctx->user_ip6[0] = addr[0];
-		ctx->user_ip6[1] = addr[1];
-		ctx->user_ip6[2] = addr[2];
-		ctx->user_ip6[3] = addr[3];
-	}
-	ctx->user_port = port;
-}
-
-/*
- * The identity of the local socket that will receive a flow to
- * (dst_addr, dst_port), if there is one in this network namespace and it
- * belongs to this attachment. A wildcard listener counts only for loopback
- * destinations: for other addresses the lookup cannot tell a local address
- * from a remote one, so the destination is then known by address here and
- * by its cgroup at ingress.
- */
-static __always_inline __u32 local_destination(struct bpf_sock_addr *ctx, const struct flow *flow)
-{
-	struct bpf_sock_tuple tuple = {};
-	struct bpf_sock *peer;
-	__u32 identity = OUTSIDE_ATTACHMENT;
-	__u32 size;
-	bool bound_to_destination;
-
-	if (flow->family == FAMILY_IPV4) {
-		tuple.ipv4.daddr = flow->dst_addr[0];
-		tuple.ipv4.dport = bpf_htons(flow->dst_port);
-		size = sizeof(tuple.ipv4);
-	} else {
-		__builtin_memcpy(tuple.ipv6.daddr, flow->dst_addr, 16);
-		tuple.ipv6.dport = bpf_htons(flow->dst_port);
-		size = sizeof(tuple.ipv6);
-	}
-	if (flow->protocol == IPPROTO_TCP)
-		peer = bpf_sk_lookup_tcp(ctx, &tuple, size, BPF_F_CURRENT_NETNS, 0);
-	else
-		peer = bpf_sk_lookup_udp(ctx, &tuple, size, BPF_F_CURRENT_NETNS, 0);
-	if (!peer)
-		return OUTSIDE_ATTACHMENT;
-
-	if (flow->family == FAMILY_IPV4)
-		bound_to_destination = peer->src_ip4 == flow->dst_addr[0];
-	else
-		bound_to_destination = peer->src_ip6[0] == flow->dst_addr[0] &&
-				       peer->src_ip6[1] == flow->dst_addr[1] &&
-				       peer->src_ip6[2] == flow->dst_addr[2] &&
-				       peer->src_ip6[3] == flow->dst_addr[3];
-	if (bound_to_destination || is_loopback(flow->family, flow->dst_addr))
-		identity = workload_of_socket(peer);
-	bpf_sk_release(peer);
-	return identity;
-}
-
-static __always_inline const struct service_info *service_at(const struct flow *flow)
-{
-	struct service_key key = {
-		.family = flow->family,
-		.protocol = flow->protocol,
-		.port = bpf_htons(flow->dst_port),
-	};
-
-	__builtin_memcpy(key.addr, flow->dst_addr, 16);
-	return bpf_map_lookup_elem(&services, &key);
-}
-
-/* Remember, with a connected socket, the service its allowed connect was
- * judged against. */
-static __always_inline void note_verdict(struct socket_note *note, const struct flow *flow)
-{
-	note->verdict.src_identity = flow->src_identity;
-	note->verdict.dst_identity = flow->dst_identity;
-	note->verdict.family = flow->family;
-	__builtin_memcpy(note->verdict.src_addr, flow->src_addr, 16);
-	note->verdict.valid = 1;
+	report(flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
+	return SYSCALL_DENY;
 }
 
 /*
  * An allowed connection or datagram to a service: send it to a backend.
- * Connected sockets remember the translation in socket storage (it dies with
- * the socket); an unconnected UDP socket remembers its backend per service,
- * and the translation per backend, in LRU maps keyed by its cookie.
+ * A connected socket keeps a note of its translation (socket storage, which
+ * dies with the socket); an unconnected UDP socket keeps its backend per
+ * service, and the translation per backend, in LRU maps keyed by its cookie.
  */
 static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, bool sendmsg,
 				   struct bpf_sock *sk, const struct flow *flow, struct decision *decision,
@@ -242,6 +81,12 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, 
 	}
 	if (!backend)
 		backend = pick_backend(service, &id);
+	if (!backend && service->slot_count) {
+		/* A live change retired the backend between our reads: read again. */
+		service = service_at(flow);
+		if (service)
+			backend = pick_backend(service, &id);
+	}
 	if (!backend) {
 		decision->verdict = VERDICT_DENY;
 		decision->flags |= DECISION_NO_BACKEND;
@@ -253,7 +98,6 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, 
 	__builtin_memcpy(translation.vip, flow->dst_addr, 16);
 	__builtin_memcpy(translation.backend_addr, backend->addr, 16);
 	translation.backend_port = backend->port;
-	translation.backend = id;
 	write_user_address(ctx, hook_family, backend->addr, backend->family, backend->port);
 
 	if (!sendmsg) {
@@ -261,16 +105,13 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, 
 
 		if (note) {
 			note->translation = translation;
-			note_verdict(note, flow);
+			note->src_identity = flow->src_identity;
+			__builtin_memcpy(note->src_addr, flow->src_addr, 16);
 		}
 	} else if (chosen_now) {
-		struct udp_translation_key key = {
-			.cookie = cookie,
-			.backend_port = backend->port,
-			.family = backend->family,
-		};
+		struct udp_translation_key key;
 
-		__builtin_memcpy(key.backend_addr, backend->addr, 16);
+		fill_udp_translation_key(&key, cookie, backend->family, backend->addr, backend->port);
 		bpf_map_update_elem(&udp_translations, &key, &translation, BPF_ANY);
 		remember_backend(cookie, service->identity, id);
 	}
@@ -296,49 +137,23 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 		return SYSCALL_ALLOW;
 
 	flow.family = read_user_address(ctx, family, flow.dst_addr);
-	if (family == FAMILY_IPV4) {
-		flow.src_addr[0] = sk->src_ip4;
-		if (sendmsg) {
-			__u32 chosen = ctx->msg_src_ip4; /* the sender's IP_PKTINFO, if any */
-
-			if (chosen)
-				flow.src_addr[0] = chosen;
-		}
-	} else {
-		__u32 src[4], chosen[4];
-
-		src[0] = sk->src_ip6[0];
-		src[1] = sk->src_ip6[1];
-		src[2] = sk->src_ip6[2];
-		src[3] = sk->src_ip6[3];
-		if (sendmsg) {
-			/* Read unconditionally: clang would otherwise select between the
-			 * two source pointers, and the verifier forbids arithmetic on sock. */
-			chosen[0] = ctx->msg_src_ip6[0];
-			chosen[1] = ctx->msg_src_ip6[1];
-			chosen[2] = ctx->msg_src_ip6[2];
-			chosen[3] = ctx->msg_src_ip6[3];
-			barrier_var(chosen[0]);
-			if (!address_is_zero(chosen))
-				__builtin_memcpy(src, chosen, sizeof(src));
-		}
-		if (copy_address6(flow.src_addr, src) != flow.family)
-			__builtin_memset(flow.src_addr, 0, sizeof(flow.src_addr));
-	}
+	read_source_address(ctx, sk, family, sendmsg, &flow);
 	flow.dst_port = bpf_ntohs(ctx->user_port);
 	flow.src_port = sk->src_port;
 	if (!address_is_zero(flow.src_addr))
 		flow.flags |= FLOW_SRC_ADDRESS_KNOWN;
 
-	if (sendmsg && flow.protocol == IPPROTO_UDP && answers_allowed_datagram(&flow, flow.src_port))
+	if (sendmsg && flow.protocol == IPPROTO_UDP && answers_allowed_datagram(bpf_get_socket_cookie(ctx), &flow))
 		return SYSCALL_ALLOW;
 
-	flow.src_identity = workload_of_socket(sk);
+	flow.src_identity = workload_of_socket(sk, true);
+	if (flow.src_identity == TOO_DEEP)
+		return refuse_unidentified(&flow, sk);
 	if (flow.src_identity == OUTSIDE_ATTACHMENT)
-		return SYSCALL_ALLOW;
+		return SYSCALL_ALLOW; /* cannot happen: the hook runs for sockets below the attach cgroup */
 	flow.flags |= FLOW_SRC_BY_CGROUP;
 
-	service = service_at(&flow);
+	service = POLICY_HAS_SERVICES ? service_at(&flow) : NULL;
 	if (service) {
 		flow.dst_identity = service->identity;
 		flow.flags |= FLOW_DST_IS_SERVICE;
@@ -357,12 +172,13 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 		report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
 		return SYSCALL_DENY;
 	}
-	/* A connection to a service keeps a note with its socket (for getpeername,
-	 * and so that the backend's ingress does not decide it again). A direct
-	 * one does not: creating socket storage costs more than the receiver's
-	 * second decision it would save. */
 	if (service)
 		return balance(ctx, family, sendmsg, sk, &flow, &decision, service);
+	/* A direct connect leaves no note: creating socket storage would cost more
+	 * than the receiver's second decision it could save. An old note from a
+	 * connect to a service must not outlive this one. */
+	if (POLICY_HAS_SERVICES && !sendmsg)
+		bpf_sk_storage_delete(&socket_notes, sk);
 	report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
 	return SYSCALL_ALLOW;
 }
@@ -394,31 +210,18 @@ int ebmesh_sendmsg6(struct bpf_sock_addr *ctx)
 /* The application sees the VIP as its peer, not the backend it talks to. */
 static __always_inline int translate_back(struct bpf_sock_addr *ctx, __u8 hook_family, bool datagram)
 {
-	const struct translation *translation = NULL;
-	struct socket_note *note;
+	const struct translation *translation;
 	struct bpf_sock *sk = ctx->sk;
 	__u32 addr[4] = {};
 	__u8 family;
 	__u16 port;
 
-	if (!sk)
+	if (!POLICY_HAS_SERVICES || !sk)
 		return SYSCALL_ALLOW;
 	family = read_user_address(ctx, hook_family, addr);
 	port = ctx->user_port;
-	note = bpf_sk_storage_get(&socket_notes, sk, 0, 0);
-	if (note && note->translation.service)
-		translation = &note->translation;
-	if (!translation && datagram) {
-		struct udp_translation_key key = {
-			.cookie = bpf_get_socket_cookie(ctx),
-			.backend_port = port,
-			.family = family,
-		};
-
-		__builtin_memcpy(key.backend_addr, addr, 16);
-		translation = bpf_map_lookup_elem(&udp_translations, &key);
-	}
-	if (translation && translation_matches(translation, family, addr, port))
+	translation = translation_of(sk, datagram, datagram ? bpf_get_socket_cookie(ctx) : 0, family, addr, port);
+	if (translation)
 		write_user_address(ctx, hook_family, translation->vip, family, translation->vip_port);
 	return SYSCALL_ALLOW;
 }
@@ -454,11 +257,10 @@ int ebmesh_egress(struct __sk_buff *skb)
 {
 	struct packet packet;
 	struct flow_record record = {};
-	const struct translation *translation = NULL;
-	const struct socket_note *note;
+	const struct translation *translation;
 	struct flow_record *known;
 	struct bpf_sock *sk;
-	__u64 now;
+	bool datagram;
 
 	sk = skb->sk;
 	if (!sk)
@@ -472,47 +274,32 @@ int ebmesh_egress(struct __sk_buff *skb)
 		return PACKET_PASS;
 	if (read_packet(skb, &packet) != PACKET_L4)
 		return PACKET_PASS;
-	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
+	datagram = packet.key.protocol == IPPROTO_UDP;
+	if (!datagram && !is_connection_request(&packet))
 		return PACKET_PASS;
-
-	now = bpf_ktime_get_ns();
-	if (packet.key.protocol == IPPROTO_UDP) {
+	if (datagram) {
 		known = bpf_map_lookup_elem(&flows, &packet.key);
-		if (known && now - known->seen_ns < FLOW_REFRESH_NS)
+		if (known && recent(known->seen_ns, FLOW_REFRESH_NS))
 			return PACKET_PASS;
 	}
-	note = bpf_sk_storage_get(&socket_notes, sk, 0, 0);
-	if (note && note->verdict.valid) {
-		record.src_identity = note->verdict.src_identity;
-		/* connect() judged this flow, with this source address or, when no
-		 * rule looks at source addresses, with any */
-		if (!POLICY_HAS_SRC(SIDE_KIND_CLASS) || same_address(note->verdict.src_addr, packet.key.saddr)) {
-			record.flags |= FLOW_RECORD_JUDGED;
-			record.judged_dst = note->verdict.dst_identity;
-		}
-	} else {
-		record.src_identity = workload_of_socket(sk);
-		if (record.src_identity == OUTSIDE_ATTACHMENT)
-			return PACKET_PASS;
-	}
-	record.seen_ns = now;
-	/* Sent to a service? The backend's ingress judges it by the service. */
-	if (note && note->translation.service)
-		translation = &note->translation;
-	if (!translation && packet.key.protocol == IPPROTO_UDP) {
-		struct udp_translation_key key = {
-			.cookie = bpf_get_socket_cookie(skb),
-			.backend_port = packet.key.dport,
-			.family = packet.key.family,
-		};
 
-		__builtin_memcpy(key.backend_addr, packet.key.daddr, 16);
-		translation = bpf_map_lookup_elem(&udp_translations, &key);
-	}
-	if (translation && translation_matches(translation, packet.key.family, packet.key.daddr, packet.key.dport)) {
+	record.src_identity = workload_of_socket(sk, true);
+	if (record.src_identity == TOO_DEEP || record.src_identity == OUTSIDE_ATTACHMENT)
+		return PACKET_PASS; /* refused at connect/sendmsg already */
+	record.seen_ns = bpf_ktime_get_ns();
+	/* Sent to a service? The backend's ingress judges it by the service. */
+	translation = translation_of(sk, datagram, datagram ? bpf_get_socket_cookie(skb) : 0, packet.key.family,
+				     packet.key.daddr, packet.key.dport);
+	if (translation) {
+		struct socket_note *note = datagram ? NULL : bpf_sk_storage_get(&socket_notes, sk, 0, 0);
+
 		record.service = translation->service;
 		__builtin_memcpy(record.vip, translation->vip, 16);
 		record.vip_port = translation->vip_port;
+		/* connect() judged this flow with this source address or, when no
+		 * rule looks at source addresses, with any */
+		if (note && (!POLICY_HAS_SRC(SIDE_KIND_CLASS) || same_address(note->src_addr, packet.key.saddr)))
+			record.flags |= FLOW_RECORD_JUDGED;
 	}
 	bpf_map_update_elem(&flows, &packet.key, &record, BPF_ANY);
 	return PACKET_PASS;
@@ -529,6 +316,7 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	struct flow_key reply_to;
 	struct flow_record *sender;
 	struct bpf_sock *sk;
+	bool datagram;
 
 	sk = skb->sk;
 	if (!sk)
@@ -548,9 +336,10 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	default:
 		return PACKET_DROP;
 	}
-	if (packet.key.protocol == IPPROTO_TCP && !is_connection_request(&packet))
+	datagram = packet.key.protocol == IPPROTO_UDP;
+	if (!datagram && !is_connection_request(&packet))
 		return PACKET_PASS;
-	if (packet.key.protocol == IPPROTO_UDP) {
+	if (datagram) {
 		reverse_key(&packet.key, &reply_to);
 		sender = bpf_map_lookup_elem(&flows, &reply_to);
 		if (sender && recent(sender->seen_ns, UDP_REPLY_WINDOW_NS))
@@ -564,11 +353,17 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	flow.src_port = bpf_ntohs(packet.key.sport);
 	flow.dst_port = bpf_ntohs(packet.key.dport);
 	flow.flags = FLOW_SRC_ADDRESS_KNOWN | FLOW_DST_BY_CGROUP;
-	flow.dst_identity = workload_of_socket(sk);
+	flow.dst_identity = workload_of_socket(sk, true);
+	if (flow.dst_identity == TOO_DEEP) {
+		refuse_unidentified(&flow, sk);
+		return PACKET_DROP;
+	}
 	if (flow.dst_identity == OUTSIDE_ATTACHMENT)
-		return PACKET_PASS;
+		return PACKET_PASS; /* cannot happen: the hook runs for sockets below the attach cgroup */
 
 	sender = bpf_map_lookup_elem(&flows, &packet.key);
+	if (sender && !recent(sender->seen_ns, FLOW_TRUST_NS))
+		sender = NULL; /* stale: believe the address, not an old sender of this tuple */
 	if (sender) {
 		flow.src_identity = sender->src_identity;
 		flow.flags |= FLOW_SRC_BY_CGROUP;
@@ -583,20 +378,18 @@ int ebmesh_ingress(struct __sk_buff *skb)
 		flow.flags |= FLOW_SRC_BY_ADDRESS;
 	}
 
-	if (sender && (sender->flags & FLOW_RECORD_JUDGED) && sender->judged_dst == flow.dst_identity) {
-		/* The sender's connect() already allowed exactly these two parties. */
-	} else {
+	/* The sender's connect() already allowed exactly these two parties. */
+	if (!(sender && (sender->flags & FLOW_RECORD_JUDGED) && sender->service)) {
 		decide(&flow, &decision);
 		report(&flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
 		if (decision.verdict != VERDICT_ALLOW)
 			return PACKET_DROP;
 	}
-	if (flow.protocol == IPPROTO_UDP)
-		allow_answers(&packet);
+	if (datagram)
+		allow_answers(bpf_get_socket_cookie(skb), &packet.key);
 	return PACKET_PASS;
 }
 
-/* `CompiledPolicy.evaluate`: the decision above, for a flow given by userspace. */
 SEC("syscall")
 int ebmesh_evaluate(struct evaluate_request *request)
 {

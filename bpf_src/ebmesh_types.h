@@ -4,7 +4,7 @@
  *
  * Every struct here that crosses the user/kernel boundary (map keys and
  * values, events, the evaluate request) is mirrored field for field in
- * ebmesh/codegen/layout.py; a test compares both against this object's BTF.
+ * ebmesh/runtime/abi.py; a test compares both against this object's BTF.
  * Fields are ordered so that no struct has implicit padding.
  */
 #ifndef EBMESH_TYPES_H
@@ -15,6 +15,8 @@
 /* A socket whose cgroup is not below the attach cgroup (cannot happen for the
  * socket a hook runs for, but can for a socket found by lookup). */
 #define OUTSIDE_ATTACHMENT 0xffffffffu
+/* A socket whose cgroup sits too deep below the attach cgroup to be told apart. */
+#define TOO_DEEP 0xfffffffeu
 
 /* Rule ids are 1-based source order; tables use NO_RULE for "none" so that
  * "the earliest matching rule" is a plain minimum. */
@@ -39,6 +41,7 @@ enum direction {
 #define DECISION_NEEDS_MTLS      (1u << 2) /* allowed only once the pair is authenticated */
 #define DECISION_AUDIT_MATCH     (1u << 3) /* an audit rule matched (decision.audit_rule) */
 #define DECISION_NO_BACKEND      (1u << 4) /* allowed to a service that has no backend: refused */
+#define DECISION_TOO_DEEP        (1u << 5) /* the local socket's cgroup is nested too deep: refused */
 
 /* flow.flags */
 #define FLOW_SRC_ADDRESS_KNOWN   (1u << 0) /* src_addr is meaningful */
@@ -57,7 +60,6 @@ enum direction {
 
 /* identity_info.flags */
 #define IDENTITY_MTLS_REQUIRED (1u << 0)
-#define IDENTITY_LOCAL         (1u << 1)
 
 /* ---- address classes -------------------------------------------------------
  * Every prefix the policy mentions is an address class. An address belongs to
@@ -136,7 +138,7 @@ struct service_key {
 
 struct service_info {
 	__u32 identity;
-	__u32 flags;
+	__u32 reserved;
 	__u32 generation; /* which slot table is live: 0 or 1 */
 	__u32 slot_count; /* slots in it; 0: no backend of nonzero weight */
 };
@@ -173,28 +175,18 @@ struct translation {
 	__u16 vip_port;     /* network byte order */
 	__u16 backend_port; /* network byte order */
 	__u32 service;
-	__u32 backend;      /* backend id */
 	__u8 family;
 	__u8 reserved[3];
 };
 
-/* What connect() decided for a socket connected to a service. Its egress
- * passes it on with the flow, so that the backend's ingress, seeing the same
- * two parties, does not decide the same connection again. */
-struct egress_verdict {
-	__u32 src_identity;
-	__u32 dst_identity; /* the service it judged */
-	__u32 src_addr[4];  /* the source address it judged with; zero if unknown then */
-	__u8 family;
-	__u8 valid;
-	__u16 reserved;
-	__u32 reserved2;
-};
-
-/* Kept with each connected socket (socket storage, freed with the socket). */
+/* Kept with each socket connected to a service (socket storage, freed with
+ * the socket). Its egress passes on that connect() judged the flow, so the
+ * backend's ingress, seeing the same two parties, does not judge it again. */
 struct socket_note {
-	struct translation translation; /* translation.service == 0: not to a service */
-	struct egress_verdict verdict;  /* verdict.valid == 0: nothing to pass on */
+	struct translation translation;
+	__u32 src_identity;
+	__u32 src_addr[4]; /* the source address connect() judged with; zero if unknown then */
+	__u32 reserved;
 };
 
 struct udp_translation_key {
@@ -232,7 +224,7 @@ struct flow_key {
 	__u16 reserved;
 };
 
-#define FLOW_RECORD_JUDGED (1u << 0) /* the sender's egress allowed it for judged_dst */
+#define FLOW_RECORD_JUDGED (1u << 0) /* the sender's connect() judged it, for its service */
 
 struct flow_record {
 	__u32 src_identity;
@@ -241,21 +233,21 @@ struct flow_record {
 	__u32 vip[4];      /* and its VIP, which the flow is judged by */
 	__u16 vip_port;    /* network byte order */
 	__u16 flags;       /* FLOW_RECORD_* */
-	__u32 judged_dst;  /* with FLOW_RECORD_JUDGED: the receiver egress judged */
+	__u32 reserved;
 };
 
 /* ---- UDP replies ------------------------------------------------------------------
  * A UDP server answers with sendmsg(), which is egress like any other. An
- * allowed datagram entering a workload lets the receiving socket's port answer
- * its sender for a while, as a stateful firewall would. The local address is
- * left out: a wildcard-bound socket does not know it at sendmsg time. */
+ * allowed datagram entering a workload lets the receiving socket answer its
+ * sender for a while, as a stateful firewall would. The socket is named by its
+ * cookie: its local address may be a wildcard, unknown at sendmsg time. */
 struct reply_key {
+	__u64 cookie; /* the receiving socket's */
 	__u32 remote_addr[4];
 	__u16 remote_port; /* network byte order */
-	__u16 local_port;  /* network byte order */
 	__u8 family;
-	__u8 protocol;
-	__u16 reserved;
+	__u8 reserved;
+	__u32 reserved2;
 };
 
 struct reply_value {

@@ -14,8 +14,10 @@
 
 extern void *bpf_rdonly_cast(void *obj, __u32 btf_id) __ksym;
 
-/* How deep below the attach cgroup a socket's cgroup may sit. */
-#define MAX_CGROUP_NESTING 16
+/* How deep below the attach cgroup a socket's cgroup may sit and still be
+ * told apart. A socket deeper than that is refused (TOO_DEEP): a process that
+ * nests itself out of reach must not escape its workload's rules. */
+#define MAX_CGROUP_NESTING 32
 
 static __always_inline struct cgroup *parent_cgroup(struct cgroup *cgrp)
 {
@@ -29,8 +31,10 @@ static __always_inline struct cgroup *parent_cgroup(struct cgroup *cgrp)
 }
 
 /* A workload identity; NO_IDENTITY for a socket below the attach cgroup but in
- * no workload; OUTSIDE_ATTACHMENT for one not below it at all. */
-static __always_inline __u32 workload_of_socket(struct bpf_sock *socket)
+ * no workload. When the walk runs out: TOO_DEEP for a socket known to be below
+ * the attach cgroup (`ours`: the one a hook runs for), else OUTSIDE_ATTACHMENT
+ * (a socket found by lookup, which may belong anywhere). */
+static __always_inline __u32 workload_of_socket(struct bpf_sock *socket, bool ours)
 {
 	struct sock *sk = bpf_rdonly_cast(socket, bpf_core_type_id_kernel(struct sock));
 	struct cgroup *cgrp = sk->sk_cgrp_data.cgroup;
@@ -47,7 +51,7 @@ static __always_inline __u32 workload_of_socket(struct bpf_sock *socket)
 			return *identity;
 		cgrp = parent_cgroup(cgrp);
 	}
-	return OUTSIDE_ATTACHMENT;
+	return ours && cgrp ? TOO_DEEP : OUTSIDE_ATTACHMENT;
 }
 
 static __always_inline __u64 cgroup_id_of_socket(struct bpf_sock *socket)

@@ -128,6 +128,7 @@ def cmd_apply(args) -> int:
                 seen, stop["reload"] = path.stat().st_mtime_ns, False
                 try:
                     edited = _compile(path)
+                    attachment, what = bring_up_to_date(attachment, compiled, edited)
                 except PolicyError as error:
                     print(
                         f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",
@@ -135,7 +136,13 @@ def cmd_apply(args) -> int:
                         flush=True,
                     )
                     continue
-                attachment, what = bring_up_to_date(attachment, compiled, edited)
+                except EbmeshError as error:  # e.g. a new workload's cgroup does not exist yet
+                    print(
+                        f"ebmesh: {error}\nebmesh: {args.file} cannot be applied; the running policy stays",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
                 compiled = edited
                 print(f"ebmesh: {args.file} changed: {what}", file=sys.stderr, flush=True)
                 _print_counters(attachment)

@@ -64,7 +64,6 @@ def _compile(policy: str | Path | PolicyFile) -> CompiledPolicy:
         object_bytes=build.object,
         maps=encode_tables(tables),
         rule_count=tables.rule_count,
-        identity_count=len(tables.identity_flags) - 1,
         workload_cgroups=tuple(tables.workload_cgroups),
         v4_prefix_lengths=tables.v4_lengths,
         v6_prefix_lengths=tables.v6_lengths,

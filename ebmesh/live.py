@@ -2,8 +2,8 @@
 
 If only services' backends changed, they are changed in place
 (`Attachment.set_backends`: no reload, no failed connection). Anything else
-means new tables: the new policy is attached first and the old one detached
-after, so there is no moment without a policy.
+means new tables: `Attachment.replace` swaps each hook's program for the new
+policy's in one step, so there is no moment with no policy, nor with two.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import dataclasses
 from ebmesh.ir.model import Policy, Service
 from ebmesh.policy import CompiledPolicy
 from ebmesh.runtime.attachment import Attachment
+from ebmesh.runtime.balancing import backend_text
 
 
-def _backend_key(service: Service, backend) -> str:
-    host = f"[{backend.address}]" if backend.address.version == 6 else str(backend.address)
-    return f"{host}:{backend.port}"
+def _weights(service: Service) -> list[tuple[str, int]]:
+    return [(backend_text(b.address.packed, b.port), b.weight) for b in service.backends]
 
 
 def backend_changes(old: Policy, new: Policy) -> dict[str, dict[str, int]] | None:
@@ -30,12 +30,11 @@ def backend_changes(old: Policy, new: Policy) -> dict[str, dict[str, int]] | Non
 
     if without_backends(old) != without_backends(new):
         return None
-    changes = {}
-    for before, after in zip(old.services, new.services):
-        weights = lambda service: [(_backend_key(service, b), b.weight) for b in service.backends]  # noqa: E731
-        if weights(before) != weights(after):
-            changes[after.name] = dict(weights(after))
-    return changes
+    return {
+        after.name: dict(_weights(after))
+        for before, after in zip(old.services, new.services)
+        if _weights(before) != _weights(after)
+    }
 
 
 def bring_up_to_date(

@@ -30,6 +30,7 @@ class PolicyShape:
     default_allow: bool
     mode_audit: bool
     has_mtls_required: bool
+    has_services: bool
     pair_kinds: int
     max_src_prefix_nesting: int
     max_dst_prefix_nesting: int
@@ -93,6 +94,10 @@ def render_policy_header(shape: PolicyShape) -> str:
         if shape.has_mtls_required
         else "/* No workload says `mtls required`. */",
         f"#define POLICY_HAS_MTLS_REQUIRED {int(shape.has_mtls_required)}",
+        "/* The policy declares services: translations to look for. */"
+        if shape.has_services
+        else "/* No services: no translation anywhere. */",
+        f"#define POLICY_HAS_SERVICES {int(shape.has_services)}",
         "",
         "/* Which (source side, destination side) kinds the rules use; see decide.h. */",
         f"#define POLICY_PAIR_KINDS {shape.pair_kinds:#x}u",

@@ -335,9 +335,7 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     identity_count = len(policy.workloads) + len(policy.services)
     flags = [0] * (identity_count + 1)
     for workload in policy.workloads:
-        flags[workload.identity] = (abi.IDENTITY_MTLS_REQUIRED if workload.mtls_required else 0) | (
-            abi.IDENTITY_LOCAL if workload.is_local else 0
-        )
+        flags[workload.identity] = abi.IDENTITY_MTLS_REQUIRED if workload.mtls_required else 0
         if workload.cgroup is not None:
             tables.workload_cgroups.append((workload.identity, workload.cgroup))
     tables.identity_flags = flags
@@ -361,6 +359,7 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         default_allow=policy.default is Verdict.ALLOW,
         mode_audit=policy.mode is Mode.AUDIT,
         has_mtls_required=any(w.mtls_required for w in policy.workloads),
+        has_services=bool(policy.services),
         pair_kinds=pair_kinds,
         max_src_prefix_nesting=max_depth["src"],
         max_dst_prefix_nesting=max_depth["dst"],

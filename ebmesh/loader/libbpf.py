@@ -350,6 +350,7 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_link__unpin", c_int, [BpfLinkPtr], NEG_ERRNO),
     ("bpf_link__pin_path", c_char_p, [BpfLinkPtr], UNCHECKED),
     ("bpf_link__detach", c_int, [BpfLinkPtr], NEG_ERRNO),
+    ("bpf_link__update_program", c_int, [BpfLinkPtr, BpfProgramPtr], NEG_ERRNO),
     ("bpf_link__destroy", c_int, [BpfLinkPtr], NEG_ERRNO),
     # ring buffer
     (

@@ -56,6 +56,12 @@ class BpfLink(OwnedResource):
         with annotate(f"unpinning link {self._description}"):
             lib.bpf_link__unpin(self._live())
 
+    def update_program(self, program) -> None:
+        """Swap the attached program for `program` (a loaded BpfProgram) in one
+        step (BPF_LINK_UPDATE): the hook never runs neither, nor both."""
+        with annotate(f"replacing the program of link {self._description} with {program.name!r}"):
+            lib.bpf_link__update_program(self._live(), program._live())
+
     def detach(self) -> None:
         """Detach the program from its hook (even if pinned), then close the handle."""
         handle = self._live()

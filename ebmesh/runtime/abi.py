@@ -17,6 +17,7 @@ Address = u32 * 4  # network byte order, IPv4 in word 0
 
 NO_IDENTITY = 0
 OUTSIDE_ATTACHMENT = 0xFFFFFFFF
+TOO_DEEP = 0xFFFFFFFE
 NO_RULE = 0xFFFFFFFF
 
 FAMILY_IPV4 = 4
@@ -33,6 +34,7 @@ DECISION_WOULD_DENY = 1 << 1
 DECISION_NEEDS_MTLS = 1 << 2
 DECISION_AUDIT_MATCH = 1 << 3
 DECISION_NO_BACKEND = 1 << 4
+DECISION_TOO_DEEP = 1 << 5
 
 BACKEND_LIVE = 1 << 0
 
@@ -53,7 +55,6 @@ SIDE_KIND_ANY = 1
 SIDE_KIND_CLASS = 2
 
 IDENTITY_MTLS_REQUIRED = 1 << 0
-IDENTITY_LOCAL = 1 << 1
 
 PROTO_INDEX_TCP = 0
 PROTO_INDEX_UDP = 1
@@ -108,7 +109,7 @@ class ServiceKey(Struct):
 
 
 class ServiceInfo(Struct):
-    _fields_ = [("identity", u32), ("flags", u32), ("generation", u32), ("slot_count", u32)]
+    _fields_ = [("identity", u32), ("reserved", u32), ("generation", u32), ("slot_count", u32)]
 
 
 class SlotKey(Struct):
@@ -130,26 +131,18 @@ class Translation(Struct):
         ("vip_port", u16),
         ("backend_port", u16),
         ("service", u32),
-        ("backend", u32),
         ("family", u8),
         ("reserved", u8 * 3),
     ]
 
 
-class EgressVerdict(Struct):
-    _fields_ = [
-        ("src_identity", u32),
-        ("dst_identity", u32),
-        ("src_addr", Address),
-        ("family", u8),
-        ("valid", u8),
-        ("reserved", u16),
-        ("reserved2", u32),
-    ]
-
-
 class SocketNote(Struct):
-    _fields_ = [("translation", Translation), ("verdict", EgressVerdict)]
+    _fields_ = [
+        ("translation", Translation),
+        ("src_identity", u32),
+        ("src_addr", Address),
+        ("reserved", u32),
+    ]
 
 
 class UdpTranslationKey(Struct):
@@ -191,18 +184,18 @@ class FlowRecord(Struct):
         ("vip", Address),
         ("vip_port", u16),
         ("flags", u16),
-        ("judged_dst", u32),
+        ("reserved", u32),
     ]
 
 
 class ReplyKey(Struct):
     _fields_ = [
+        ("cookie", u64),
         ("remote_addr", Address),
         ("remote_port", u16),
-        ("local_port", u16),
         ("family", u8),
-        ("protocol", u8),
-        ("reserved", u16),
+        ("reserved", u8),
+        ("reserved2", u32),
     ]
 
 
@@ -291,7 +284,6 @@ C_STRUCTS: dict[str, type[Struct]] = {
     "backend_slot": BackendSlot,
     "backend": Backend,
     "translation": Translation,
-    "egress_verdict": EgressVerdict,
     "socket_note": SocketNote,
     "udp_translation_key": UdpTranslationKey,
     "affinity_key": AffinityKey,

@@ -2,8 +2,8 @@
 
 Like cilium/ebpf's link.Link and libbpf-rs's links, an `Attachment` owns its
 programs' links; `detach()`, leaving its `with` block, or being garbage
-collected removes everything it attached. Pinned links outlive the process
-until `detach()` (or `unpin()` and a close) removes them.
+collected removes everything it attached. `replace()` swaps in another
+compiled policy hook by hook, each in one step, with no moment unguarded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ebmesh.loader import BpfLink, RingBuffer, ensure_bpffs
 from ebmesh.runtime import abi, cgroups
 from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
 from ebmesh.runtime.image import DatapathImage
-from ebmesh.runtime.instance import HOOK_PROGRAMS, load_image
+from ebmesh.runtime.instance import HOOK_PROGRAMS, LoadedImage, load_image
 
 
 class Attachment:
@@ -34,43 +34,31 @@ class Attachment:
     ):
         self.cgroup: Path = cgroups.resolve(cgroup)
         cgroups.refuse_root(self.cgroup, force)
-        self.forced, self.event_level = force, events
-        self._image = image
+        self.forced, self.event_level, self._backend_capacity = force, events, backend_capacity
         self._links: list[BpfLink] = []
         self._ring: RingBuffer | None = None
         self._pending: list[VerdictEvent] = []
-        self._pin_dir: Path | None = None
-        self.workload_cgroups = self._resolve_workload_cgroups()
+        self._loaded: LoadedImage | None = None
+        workload_cgroups = self._resolve_workload_cgroups(image)
 
         ensure_bpffs()
-        self._loaded = load_image(
-            image,
-            programs=HOOK_PROGRAMS,
-            attach_cgroup_id=cgroups.cgroup_id(self.cgroup),
-            events=events,
-            backend_capacity=backend_capacity,
-        )
-        self._bpf = self._loaded.bpf
+        self._loaded = self._load(image, workload_cgroups)
+        self._image, self.workload_cgroups = image, workload_cgroups
         try:
-            workloads = self._bpf.maps["cgroup_workloads"]
-            for identity, path in self.workload_cgroups.items():
-                workloads.update(
-                    cgroups.cgroup_id(path).to_bytes(8, "little"), identity.to_bytes(4, "little")
-                )
             for name in HOOK_PROGRAMS:
-                self._links.append(self._bpf.programs[name].attach_cgroup(self.cgroup))
+                self._links.append(self._loaded.bpf.programs[name].attach_cgroup(self.cgroup))
         except BaseException:
             self.detach()
             raise
 
-    def _resolve_workload_cgroups(self) -> dict[int, Path]:
+    def _resolve_workload_cgroups(self, image: DatapathImage) -> dict[int, Path]:
         resolved, missing = {}, []
-        for identity, relative in self._image.workload_cgroups:
+        for identity, relative in image.workload_cgroups:
             path = self.cgroup / relative
             if (path / "cgroup.procs").exists():
                 resolved[identity] = path
             else:
-                missing.append(f"{self._image.naming.identity(identity)} ({path})")
+                missing.append(f"{image.naming.identity(identity)} ({path})")
         if missing:
             raise AttachError(
                 "workload cgroups missing below "
@@ -78,11 +66,65 @@ class Attachment:
             )
         return resolved
 
+    def _load(self, image: DatapathImage, workload_cgroups: dict[int, Path]) -> LoadedImage:
+        """A verified copy of `image` with every map filled, not attached yet."""
+        loaded = load_image(
+            image,
+            programs=HOOK_PROGRAMS,
+            attach_cgroup_id=cgroups.cgroup_id(self.cgroup),
+            events=self.event_level,
+            backend_capacity=self._backend_capacity,
+        )
+        try:
+            workloads = loaded.bpf.maps["cgroup_workloads"]
+            for identity, path in workload_cgroups.items():
+                workloads.update(
+                    cgroups.cgroup_id(path).to_bytes(8, "little"), identity.to_bytes(4, "little")
+                )
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded
+
+    @property
+    def _bpf(self):
+        return self._loaded.bpf
+
     # ---- lifecycle --------------------------------------------------------------
 
     @property
     def attached(self) -> bool:
         return bool(self._links)
+
+    def replace(self, image: DatapathImage) -> None:
+        """Enforce another compiled policy here, without a gap.
+
+        The new object is loaded and filled first; then each hook's link swaps
+        its program for the new one in one step (BPF_LINK_UPDATE), so no
+        connect meets no policy, nor two. Counters and the event stream start
+        afresh. If anything fails before the swap, the running policy stays.
+        """
+        if not self._links:
+            raise AttachError("this attachment was detached")
+        workload_cgroups = self._resolve_workload_cgroups(image)
+        loaded = self._load(image, workload_cgroups)
+        swapped = []
+        try:
+            for link, name in zip(self._links, HOOK_PROGRAMS):
+                link.update_program(loaded.bpf.programs[name])
+                swapped.append((link, name))
+        except BaseException:
+            for link, name in swapped:  # put the running policy back
+                link.update_program(self._loaded.bpf.programs[name])
+            loaded.close()
+            raise
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self._pending.clear()
+        previous, self._loaded = self._loaded, loaded
+        self._image, self.workload_cgroups = image, workload_cgroups
+        previous.close()
 
     def detach(self) -> None:
         """Remove every program this attachment attached, and its maps. Idempotent."""
@@ -91,22 +133,10 @@ class Attachment:
             self._ring = None
         links, self._links = self._links, []
         for link in reversed(links):
-            if link.pin_path:
-                link.unpin()
             link.detach()  # detaches even a link something else still holds
-        self._pin_dir = None
-        bpf = getattr(self, "_bpf", None)
-        if bpf is not None:
-            bpf.close()
-
-    def pin(self, directory) -> Path:
-        """Pin the links under `directory` (on bpffs): the policy then outlives this process."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for link, name in zip(self._links, HOOK_PROGRAMS):
-            link.pin(directory / name)
-        self._pin_dir = directory
-        return directory
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.close()
 
     def __enter__(self) -> Attachment:
         return self
@@ -115,7 +145,7 @@ class Attachment:
         self.detach()
 
     def __del__(self):
-        if getattr(self, "_links", None):
+        if getattr(self, "_links", None) or getattr(self, "_loaded", None):
             self.detach()
 
     # ---- what it saw --------------------------------------------------------------

@@ -126,17 +126,17 @@ class Balancer:
         """Room for every declared backend four times over, and 1,024 more for live changes."""
         return 4 * sum(len(s.backends) for s in services) + 1024
 
-    def service_names(self) -> list[str]:
-        return list(self._state)
-
     def set_backends(self, service: str, backends: Mapping[str, int]) -> None:
         state = self._state.get(service)
         if state is None:
             known = ", ".join(self._state) or "none"
             raise ServiceUpdateError(f"no service named {service!r} (services: {known})")
-        wanted = []
+        wanted, seen = [], set()
         for text, weight in backends.items():
             address, port = parse_backend(text)
+            if (address, port) in seen:  # [::1]:80 and [0::1]:80 are one backend
+                raise ServiceUpdateError(f"backend {text} is given twice")
+            seen.add((address, port))
             if address.version != state.spec.family:
                 raise ServiceUpdateError(
                     f"backend {text} is IPv{address.version}, service {service} is IPv{state.spec.family}"
@@ -210,8 +210,7 @@ class Balancer:
 
     def backends(self, service: str) -> dict[str, int]:
         """The service's backends and weights, as set."""
-        state = self._state[service]
-        return {_backend_text(a, p, state.spec.family): w for (a, p), w in state.weights.items()}
+        return {backend_text(a, p): w for (a, p), w in self._state[service].weights.items()}
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per service, per current backend: connections (TCP) or sockets (UDP) sent to it."""
@@ -220,7 +219,7 @@ class Balancer:
             per_backend = {}
             for (address, port), backend_id in state.ids.items():
                 values = self._counters.lookup_percpu(_index(backend_id)) or []
-                per_backend[_backend_text(address, port, state.spec.family)] = sum(
+                per_backend[backend_text(address, port)] = sum(
                     int.from_bytes(v[:8], "little") for v in values
                 )
             result[name] = per_backend
@@ -231,6 +230,7 @@ def _index(number: int) -> bytes:
     return number.to_bytes(4, "little")
 
 
-def _backend_text(address: bytes, port: int, family: int) -> str:
-    host = str(ipaddress.ip_address(address))
-    return f"[{host}]:{port}" if family == 6 else f"{host}:{port}"
+def backend_text(address: bytes, port: int) -> str:
+    """`10.0.2.10:8080` or `[fd00::1]:8080` for a packed address."""
+    host = ipaddress.ip_address(address)
+    return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"

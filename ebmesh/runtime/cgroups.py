@@ -61,12 +61,3 @@ def refuse_root(path: Path, force: bool) -> None:
 def cgroup_id(path: Path) -> int:
     """The kernel's id of a cgroup: its kernfs inode number, what BPF helpers report."""
     return os.stat(path).st_ino
-
-
-def level(path: Path) -> int:
-    """Depth below the cgroup2 root (the root is level 0)."""
-    return len(path.relative_to(cgroup2_mount()).parts)
-
-
-def move_process(pid: int, path: Path) -> None:
-    (path / "cgroup.procs").write_text(f"{pid}\n")

@@ -51,6 +51,7 @@ class VerdictEvent:
     )
     backend_port: int = 0
     no_backend: bool = False  # a service with no usable backend refused it
+    too_deep: bool = False  # the local socket's cgroup is nested too deep to be told apart: refused
 
     @property
     def decided_by(self) -> str:
@@ -80,6 +81,8 @@ class VerdictEvent:
             text += f"  => backend {host}:{self.backend_port}"
         if self.no_backend:
             text += "  (no backend: ECONNREFUSED)"
+        if self.too_deep:
+            text += "  (cgroup nested too deep to identify: refused)"
         if self.needs_mtls:
             text += " [mtls]"
         if self.audit_rule:
@@ -119,6 +122,7 @@ def decode_event(record: bytes, naming: Naming) -> VerdictEvent:
         else None,
         backend_port=event.backend_port,
         no_backend=bool(decision.flags & abi.DECISION_NO_BACKEND),
+        too_deep=bool(decision.flags & abi.DECISION_TOO_DEEP),
     )
 
 

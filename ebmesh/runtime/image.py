@@ -49,7 +49,6 @@ class DatapathImage:
     object_bytes: bytes
     maps: Mapping[str, MapContents]
     rule_count: int
-    identity_count: int
     workload_cgroups: tuple[tuple[int, str], ...]  # (identity, path relative to the attach cgroup)
     v4_prefix_lengths: tuple[int, ...]  # ascending
     v6_prefix_lengths: tuple[int, ...]

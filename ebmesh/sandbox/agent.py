@@ -154,9 +154,11 @@ def close_many(id: int) -> dict:
     return {"ok": True}
 
 
-def _bind_source(sock: socket.socket, source: str | None) -> None:
+def _bind_source(sock: socket.socket, source: str | None, port: int = 0) -> None:
     if source:
-        sock.bind((source, 0))
+        if port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((source, port))
 
 
 # An IPv6 destination options header holding one PadN option: 8 bytes.
@@ -170,6 +172,7 @@ def connect(
     timeout: float = 2.0,
     read: bool = True,
     destination_options: bool = False,
+    source_port: int = 0,
 ) -> dict:
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -177,7 +180,7 @@ def connect(
     try:
         if destination_options:  # every packet, the SYN included, carries an extension header
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, _PADDING_DESTINATION_OPTIONS)
-        _bind_source(sock, source)
+        _bind_source(sock, source, source_port)
         sock.connect((address, port))
         local = sock.getsockname()
         peer = sock.getpeername()
@@ -292,6 +295,22 @@ def ask_many(
         sock.close()
 
 
+def udp_peers(targets: list, source: str | None = None) -> dict:
+    """Connect ONE UDP socket to each (address, port) in turn; its peer (getpeername) after each."""
+    sock = socket.socket(_family(targets[0][0]), socket.SOCK_DGRAM)
+    try:
+        _bind_source(sock, source)
+        peers = []
+        for address, port in targets:
+            sock.connect((address, port))
+            peers.append(list(sock.getpeername()[:2]))
+        return {"ok": True, "peers": peers}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno}
+    finally:
+        sock.close()
+
+
 def accepted(id: int) -> dict:
     with _lock:
         return {"ok": True, "count": _accepted.get(id, 0)}
@@ -310,6 +329,7 @@ COMMANDS = {
     "connect_many": connect_many,
     "send": send,
     "ask_many": ask_many,
+    "udp_peers": udp_peers,
     "accepted": accepted,
     "close": close,
     "listen_many": listen_many,

@@ -81,6 +81,7 @@ class Agent:
         source: str | None = None,
         timeout: float = 2.0,
         destination_options: bool = False,
+        source_port: int = 0,
     ) -> dict:
         return self.call(
             "connect",
@@ -89,7 +90,12 @@ class Agent:
             source=source,
             timeout=timeout,
             destination_options=destination_options,
+            source_port=source_port,
         )
+
+    def udp_peers(self, targets: list[tuple[str, int]], source: str | None = None) -> dict:
+        """One UDP socket connected to each target in turn: its getpeername() after each."""
+        return self.call("udp_peers", targets=[list(t) for t in targets], source=source)
 
     def connect_many(
         self,

@@ -239,3 +239,13 @@ def test_ipv6_vip(cgroup_tree, spawn):
             assert client.connect_many("fd00:5::1", 80, 200)["succeeded"] == 200
             counted = attachment.backend_counters()["six"]
             assert sum(counted.values()) == 201 and min(counted.values()) > 50, counted
+
+
+def test_a_reconnected_socket_forgets_its_service(farm):
+    """A UDP socket connected to the VIP, then straight to a backend: its peer
+    is then the backend, and nothing of the service's translation remains."""
+    root, client, web, _ = farm
+    with ebmesh.compile(policy(extra_rules="allow client -> web")).attach(root):
+        result = client.udp_peers([(VIP, 53), (BACKENDS[1], 5353)], source=CLIENT)
+        assert result["ok"], result
+        assert result["peers"] == [[VIP, 53], [BACKENDS[1], 5353]]

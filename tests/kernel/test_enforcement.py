@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import textwrap
+import threading
+import time
 
 import pytest
 
 import ebmesh
 from ebmesh.loader import BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET_INGRESS, query_cgroup
+from ebmesh.runtime.cgroups import cgroup2_mount
 
 pytestmark = pytest.mark.kernel
 
@@ -258,7 +261,7 @@ def test_detach_restores_traffic_and_leaves_nothing_attached(world):
 def test_refuses_the_root_cgroup(root):
     compiled = ebmesh.compile(mesh("allow any -> any"))
     with pytest.raises(ebmesh.AttachError, match="root cgroup"):
-        compiled.attach("/sys/fs/cgroup/unified")
+        compiled.attach(cgroup2_mount())
     with pytest.raises(ebmesh.AttachError, match="root cgroup"):
         compiled.attach("")
 
@@ -268,3 +271,71 @@ def test_missing_workload_cgroup_is_an_error(cgroup):
     with pytest.raises(ebmesh.AttachError, match="client"):
         compiled.attach(cgroup)
     assert query_cgroup(cgroup, BPF_CGROUP_INET4_CONNECT) == []
+
+
+def test_a_socket_nested_out_of_reach_is_refused_not_let_through(cgroup_tree, spawn):
+    """A process that nests its cgroup deeper than the datapath walks (32
+    levels) cannot slip out of its workload's rules: it is refused."""
+    deep = "/".join(["client"] + [f"n{level}" for level in range(33)])
+    within = "/".join(["client"] + [f"n{level}" for level in range(20)])
+    root = cgroup_tree(deep, "server")
+    server = spawn(root / "server")
+    server.listen("tcp", SERVER, 8080)
+    source = f"""
+        mesh t {{
+            default allow
+            workload client {{ cgroup "client" }}
+            workload server {{ cgroup "server" address {SERVER} }}
+            deny client -> server
+        }}
+    """
+    with ebmesh.compile(source).attach(root) as attachment:
+        assert_denied_at_once(spawn(root / within).connect(SERVER, 8080))  # still client: the deny
+        assert_denied_at_once(spawn(root / deep).connect(SERVER, 8080))  # too deep: refused
+        event = next(e for e in attachment.events(timeout=1.0) if e.too_deep)
+        assert event.verdict == "deny" and event.rule_id == 0
+
+
+def test_an_old_record_lends_no_identity_to_a_port_reuser(world):
+    """After a workload's connection ends, a process outside the mesh that
+    reuses its address and port is judged by address, not as the workload."""
+    source = f"""
+        mesh t {{
+            workload client {{ cgroup "client" }}
+            workload server {{ cgroup "server" address {SERVER} }}
+            allow client -> server port 8080
+        }}
+    """
+    with attach(world, source):
+        assert_allowed(world.client.connect(SERVER, 8080, source=CLIENT, source_port=24680))
+        time.sleep(2.5)  # longer than a sender's record is believed
+        reused = world.outside.connect(SERVER, 8080, source=CLIENT, source_port=24680, timeout=1.0)
+        assert not reused["ok"] and reused["errno"] == errno.ETIMEDOUT, reused
+
+
+def test_replace_swaps_the_policy_without_a_gap(world):
+    allow_both = mesh("allow client -> server port 8080, 9090")
+    allow_one = mesh("allow client -> server port 8080")
+    compiled_both, compiled_one = ebmesh.compile(allow_both), ebmesh.compile(allow_one)
+    outcome = {}
+    with compiled_both.attach(world.root, events="none") as attachment:
+        loader = threading.Thread(
+            target=lambda: outcome.update(world.client.connect_many(SERVER, 8080, 10000))
+        )
+        loader.start()
+        swaps = 0
+        while loader.is_alive():
+            attachment.replace((compiled_one if swaps % 2 else compiled_both).image)
+            swaps += 1
+        loader.join()
+        assert swaps >= 2 and outcome["succeeded"] == 10000, (swaps, outcome)
+        attachment.replace(compiled_one.image)
+        assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+        with pytest.raises(ebmesh.AttachError, match="extra"):
+            attachment.replace(
+                ebmesh.compile(mesh("", extra='workload extra { cgroup "extra" }')).image
+            )
+        assert_denied_at_once(
+            world.client.connect(SERVER, 9090, source=CLIENT)
+        )  # the running policy stayed
+        assert_allowed(world.client.connect(SERVER, 8080, source=CLIENT))

@@ -70,12 +70,12 @@ def _mount_fstype(path: Path) -> str | None:
 @pytest.fixture(scope="session")
 def kernel_env():
     if os.geteuid() != 0:
-        pytest.skip("kernel tests need root")
+        pytest.fail("kernel tests need root (run `make test` as root)")
     for tool in ("clang", "bpftool"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (make setup)")
+            pytest.fail(f"{tool} is not installed (make setup)")
     if not Path("/sys/kernel/btf/vmlinux").exists():
-        pytest.skip("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
+        pytest.fail("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +169,7 @@ def _kill_members(path: Path) -> None:
 def throwaway_cgroup(kernel_env) -> Path:
     """A fresh, empty cgroup v2 directory; emptied and removed afterwards, whatever happens."""
     if _mount_fstype(CGROUP2_ROOT) != "cgroup2":
-        pytest.skip(f"no cgroup v2 hierarchy at {CGROUP2_ROOT}")
+        pytest.fail(f"no cgroup v2 hierarchy at {CGROUP2_ROOT}")
     path = CGROUP2_ROOT / f"{CGROUP_PREFIX}{secrets.token_hex(6)}"
     path.mkdir()
     _created_cgroups.add(path)

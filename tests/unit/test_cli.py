@@ -505,6 +505,14 @@ def test_apply_takes_edits_of_the_file(cgroup_tree, spawn, tmp_path):
         refused = client.connect("127.0.96.10", 80, source=CLIENT)
         assert not refused["ok"] and refused["errno"] == errno.EPERM
 
+        # valid, and it would allow again, but ghost's cgroup does not exist: it cannot be applied
+        missing = SERVICE_POLICY.replace(
+            "allow client -> web", 'workload ghost { cgroup "ghost" }\n    allow client -> web'
+        )
+        policy.write_text(missing)
+        err.wait_for(lambda line: "cannot be applied; the running policy stays" in line, timeout=30)
+        assert client.connect("127.0.96.10", 80, source=CLIENT)["errno"] == errno.EPERM
+
         policy.write_text("mesh loop { this is not a policy }\n")
         err.wait_for(lambda line: "has errors; the running policy stays" in line, timeout=30)
         assert client.connect("127.0.96.10", 80, source=CLIENT)["errno"] == errno.EPERM

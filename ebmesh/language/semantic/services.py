@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ebmesh.language.ast import Backend, Mesh, Service, Span
 from ebmesh.language.semantic.report import Report, first_on, line_of
-
-MAX_WEIGHT = 65535
+from ebmesh.runtime.balancing import MAX_WEIGHT  # what the datapath's alias tables take
 
 
 def check_services(mesh: Mesh, report: Report) -> None:
