@@ -143,8 +143,9 @@ static __always_inline int judge_sock_addr(struct bpf_sock_addr *ctx, __u8 famil
 	if (!address_is_zero(flow.src_addr))
 		flow.flags |= FLOW_SRC_ADDRESS_KNOWN;
 
-	if (sendmsg && flow.protocol == IPPROTO_UDP && answers_allowed_datagram(bpf_get_socket_cookie(ctx), &flow))
-		return SYSCALL_ALLOW;
+	if (sendmsg && flow.protocol == IPPROTO_UDP &&
+	    allowed_peer(bpf_get_socket_cookie(ctx), flow.family, flow.dst_addr, bpf_htons(flow.dst_port)))
+		return SYSCALL_ALLOW; /* an answer to a datagram it was allowed to receive */
 
 	flow.src_identity = workload_of_socket(sk, true);
 	if (flow.src_identity == TOO_DEEP)
@@ -344,6 +345,8 @@ int ebmesh_ingress(struct __sk_buff *skb)
 		sender = bpf_map_lookup_elem(&flows, &reply_to);
 		if (sender && recent(sender->seen_ns, UDP_REPLY_WINDOW_NS))
 			return PACKET_PASS; /* an answer to what this workload sent */
+		if (allowed_peer(bpf_get_socket_cookie(skb), packet.key.family, packet.key.saddr, packet.key.sport))
+			return PACKET_PASS; /* the next datagram of a flow this socket allowed */
 	}
 
 	flow.family = packet.key.family;

@@ -20,22 +20,24 @@ static __always_inline bool recent(__u64 seen_ns, __u64 window_ns)
 	return bpf_ktime_get_ns() - seen_ns < window_ns;
 }
 
-/* Is this datagram an answer, by the socket `cookie`, to one it received and we allowed? */
-static __always_inline bool answers_allowed_datagram(__u64 cookie, const struct flow *flow)
+/* Did the socket `cookie` let a datagram from (addr, port) in lately? Then it
+ * may answer that peer, and the peer's next datagrams belong to the same
+ * flow, as conntrack would see it. */
+static __always_inline bool allowed_peer(__u64 cookie, __u8 family, const __u32 *addr, __u16 port)
 {
 	struct reply_key key = {
 		.cookie = cookie,
-		.remote_port = bpf_htons(flow->dst_port),
-		.family = flow->family,
+		.remote_port = port,
+		.family = family,
 	};
 	struct reply_value *reply;
 
-	__builtin_memcpy(key.remote_addr, flow->dst_addr, 16);
+	__builtin_memcpy(key.remote_addr, addr, 16);
 	reply = bpf_map_lookup_elem(&udp_replies, &key);
 	return reply && recent(reply->seen_ns, UDP_REPLY_WINDOW_NS);
 }
 
-/* An allowed datagram entered the socket `cookie`: it may answer its sender. */
+/* An allowed datagram entered the socket `cookie`: see allowed_peer(). */
 static __always_inline void allow_answers(__u64 cookie, const struct flow_key *packet)
 {
 	struct reply_key key = {
