@@ -16,7 +16,6 @@ import gc
 import os
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -44,27 +43,20 @@ from ebmesh.loader import (
     program_info,
     query_cgroup,
 )
+from ebmesh.runtime.cgroups import cgroup2_mount  # noqa: E402
+from ebmesh.sandbox import places  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
 DATA = Path(__file__).parent / "data"
-CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
-CGROUP_PREFIX = "ebmesh-test-"
+CGROUP2_ROOT = cgroup2_mount()
+CGROUP_PREFIX = places.TEST_PREFIX
 
 # Cgroups this module created and has not removed yet: the only legal attach targets.
 _created_cgroups: set[Path] = set()
 
 
 # --- environment and compilation ----------------------------------------------
-
-
-def _mount_fstype(path: Path) -> str | None:
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            left, _, right = line.partition(" - ")
-            if left.split()[4] == str(path):
-                return right.split()[0]
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -151,43 +143,13 @@ def _assert_throwaway(path: Path) -> None:
     assert path.is_dir() and path != CGROUP2_ROOT
 
 
-def _kill_members(path: Path) -> None:
-    procs = path / "cgroup.procs"
-    for _ in range(50):
-        pids = [int(p) for p in procs.read_text().split()] if procs.exists() else []
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def throwaway_cgroup(kernel_env) -> Path:
     """A fresh, empty cgroup v2 directory; emptied and removed afterwards, whatever happens."""
-    if _mount_fstype(CGROUP2_ROOT) != "cgroup2":
-        pytest.fail(f"no cgroup v2 hierarchy at {CGROUP2_ROOT}")
-    path = CGROUP2_ROOT / f"{CGROUP_PREFIX}{secrets.token_hex(6)}"
-    path.mkdir()
-    _created_cgroups.add(path)
-    try:
-        yield path
-    finally:
+    with places.throwaway_cgroup() as path:
+        _created_cgroups.add(path)
         try:
-            _kill_members(path)
-            for _ in range(50):
-                try:
-                    path.rmdir()
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY:
-                        raise
-                    time.sleep(0.1)
-            else:
-                path.rmdir()
+            yield path
         finally:
             _created_cgroups.discard(path)
 
