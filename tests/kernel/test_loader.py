@@ -43,8 +43,8 @@ from ebmesh.loader import (
     program_info,
     query_cgroup,
 )
-from ebmesh.runtime.cgroups import cgroup2_mount  # noqa: E402
-from ebmesh.sandbox import places  # noqa: E402
+from ebmesh.runtime.cgroups import cgroup2_mount
+from ebmesh.sandbox import places
 
 pytestmark = pytest.mark.kernel
 
