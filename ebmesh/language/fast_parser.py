@@ -178,7 +178,10 @@ class TableParser:
                 value_stack.append(reduced)
 
     def _finish(self, state_stack: list, value_stack: list) -> Any:
-        """Feed $END: reduce until the start rule is complete."""
+        """Feed $END: reduce until the start rule is complete.
+
+        The reduce step is written out here as in the main loop rather than
+        shared: a call per reduction costs ~0.1 s on a 100,000-rule policy."""
         actions = self.actions
         while True:
             entry = actions[state_stack[-1]].get(_END)
