@@ -182,7 +182,7 @@ class TableParser:
 
         The reduce step is written out here as in the main loop rather than
         shared: this is the hottest loop of a 100,000-rule parse, where a Python
-        call per reduction would add millions of calls."""
+        call per reduction would add over a million calls."""
         actions = self.actions
         while True:
             entry = actions[state_stack[-1]].get(_END)
