@@ -40,6 +40,7 @@ from ctypes import (
 )
 
 from ..errors import EnvironmentProblem, LibbpfError
+from .constants import ENOTSUPP
 
 LIBBPF_SONAME = "libbpf.so.1"
 
@@ -243,12 +244,11 @@ def _flush_log_to_logger() -> None:
 
 
 LIBBPF_ERRNO_BASE = 4000  # libbpf's own codes (LIBBPF_ERRNO__FORMAT = 4001, ...)
-_ENOTSUPP = 524  # kernel-internal, leaks out of some BPF commands
 
 
 def errno_note(err: int) -> str:
     """What os.strerror cannot say about `err`: libbpf's own codes and ENOTSUPP."""
-    if err == _ENOTSUPP:
+    if err == ENOTSUPP:
         return "ENOTSUPP: the kernel does not support this operation for this map or program type"
     if LIBBPF_ERRNO_BASE <= err < LIBBPF_ERRNO_BASE + 1000:
         buf = ctypes.create_string_buffer(128)
@@ -307,7 +307,6 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_map__key_size", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__value_size", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__max_entries", c_uint32, [BpfMapPtr], UNCHECKED),
-    ("bpf_map__map_flags", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__is_internal", c_bool, [BpfMapPtr], UNCHECKED),
     ("bpf_map__set_max_entries", c_int, [BpfMapPtr, c_uint32], NEG_ERRNO),
     ("bpf_map__set_initial_value", c_int, [BpfMapPtr, c_void_p, c_size_t], NEG_ERRNO),
@@ -325,7 +324,6 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
         [c_int, c_void_p, c_void_p, _u32p, POINTER(BpfMapBatchOpts)],
         NEG_ERRNO,
     ),
-    ("bpf_map_delete_batch", c_int, [c_int, c_void_p, _u32p, POINTER(BpfMapBatchOpts)], NEG_ERRNO),
     # bpf_program
     ("bpf_program__name", c_char_p, [BpfProgramPtr], UNCHECKED),
     ("bpf_program__section_name", c_char_p, [BpfProgramPtr], UNCHECKED),
@@ -359,7 +357,6 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
         [c_int, RingBufferSampleFn, c_void_p, c_void_p],
         NULL_ERRNO,
     ),
-    ("ring_buffer__add", c_int, [RingBufferPtr, c_int, RingBufferSampleFn, c_void_p], NEG_ERRNO),
     ("ring_buffer__poll", c_int, [RingBufferPtr, c_int], NEG_ERRNO),
     ("ring_buffer__consume", c_int, [RingBufferPtr], NEG_ERRNO),
     ("ring_buffer__epoll_fd", c_int, [RingBufferPtr], NEG_ERRNO),
@@ -488,11 +485,6 @@ def _on_libbpf_print(level: int, fmt: int, ap: int) -> int:
 
 # Module-level: the callback must outlive every libbpf call.
 _PRINT_CALLBACK = LibbpfPrintFn(_on_libbpf_print)
-
-
-def libbpf_loaded() -> bool:
-    """Whether libbpf.so.1 has been loaded in this process."""
-    return lib._cdll is not None
 
 
 def load() -> None:

@@ -31,116 +31,22 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-class BpfMap(OwnedResource):
-    """One BPF map.
-
-    Either borrowed from a `BpfObject` (valid until the object is closed;
-    configurable until it is loaded) or standalone, opened from a pin with
-    `BpfMap.from_pinned` (owns its fd; close it).
+class MapAccess:
+    """Element access to one BPF map by its fd: what every kind of map handle can do.
 
     Keys and values are raw bytes of exactly `key_size` / `value_size`
-    bytes; per-CPU maps use `lookup_percpu` / `update_percpu`.
+    bytes; per-CPU maps use `lookup_percpu` / `update_percpu`. Subclasses say
+    where the fd and the map's shape come from.
     """
 
-    def __init__(
-        self,
-        handle,
-        owner: BpfObject | None = None,
-        *,
-        fd: int | None = None,
-        info: BpfMapInfo | None = None,
-    ):
-        self._handle = handle  # BpfMapPtr, or None for a standalone map
-        self._owner = owner
-        self._own_fd = fd  # standalone maps own their fd
-        self._info = info
-        self._friendly_name: str | None = None
-        self._batch_unsupported: set[str] = set()  # ops the kernel refused to batch
+    fd: int
+    name: str
+    type: MapType | int
+    key_size: int
+    value_size: int
+    max_entries: int
 
-    # --- construction -----------------------------------------------------
-
-    @classmethod
-    def from_pinned(cls, path: str | os.PathLike[str]) -> BpfMap:
-        """Open a map pinned in bpffs (bpf_obj_get); the result owns the fd."""
-        with annotate(f"opening pinned map {os.fspath(path)!r}"):
-            fd = lib.bpf_obj_get(path_bytes(path))
-        try:
-            info = BpfMapInfo()
-            size = ctypes.c_uint32(ctypes.sizeof(info))
-            with annotate(f"reading map info of {os.fspath(path)!r}"):
-                lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(None, fd=fd, info=info)
-
-    # --- identity and shape -------------------------------------------------
-
-    def _live(self):
-        if self._handle is not None:
-            if self._owner is not None and self._owner.closed:
-                raise ValueError(f"map {self._cached_name()!r}: its BPF object is closed")
-            return self._handle
-        if self._own_fd is None:
-            raise ValueError("map is closed")
-        return None
-
-    def _cached_name(self) -> str:
-        return self._friendly_name or "?"
-
-    @property
-    def name(self) -> str:
-        """The kernel's name of the map (internal maps get libbpf's `<obj>.rodata`-style name)."""
-        handle = self._live()
-        if handle is not None:
-            return decode(lib.bpf_map__name(handle))
-        return decode(self._info.name)
-
-    @property
-    def fd(self) -> int:
-        handle = self._live()
-        if handle is None:
-            return self._own_fd
-        fd = lib.bpf_map__fd(handle)
-        if fd < 0:
-            raise LibbpfError(
-                "bpf_map__fd",
-                errno.EBADF,
-                detail=f"map {self.name!r} is not loaded: call BpfObject.load() first",
-            )
-        return fd
-
-    @property
-    def type(self) -> MapType | int:
-        handle = self._live()
-        raw = lib.bpf_map__type(handle) if handle is not None else self._info.type
-        return to_enum(MapType, raw)
-
-    @property
-    def key_size(self) -> int:
-        handle = self._live()
-        return lib.bpf_map__key_size(handle) if handle is not None else self._info.key_size
-
-    @property
-    def value_size(self) -> int:
-        handle = self._live()
-        return lib.bpf_map__value_size(handle) if handle is not None else self._info.value_size
-
-    @property
-    def max_entries(self) -> int:
-        handle = self._live()
-        return lib.bpf_map__max_entries(handle) if handle is not None else self._info.max_entries
-
-    @property
-    def flags(self) -> int:
-        handle = self._live()
-        return lib.bpf_map__map_flags(handle) if handle is not None else self._info.map_flags
-
-    @property
-    def is_internal(self) -> bool:
-        """True for the maps libbpf makes of .data/.rodata/.bss/.kconfig sections."""
-        handle = self._live()
-        return bool(lib.bpf_map__is_internal(handle)) if handle is not None else False
+    _batch_unsupported: set[str]  # batch ops the kernel refused for this map
 
     @property
     def is_percpu(self) -> bool:
@@ -148,57 +54,9 @@ class BpfMap(OwnedResource):
 
     def __repr__(self) -> str:
         try:
-            return f"<BpfMap {self.name!r} {getattr(self.type, 'name', self.type)}>"
+            return f"<{type(self).__name__} {self.name!r} {getattr(self.type, 'name', self.type)}>"
         except ValueError:
-            return "<BpfMap (closed)>"
-
-    # --- before load ----------------------------------------------------------
-
-    def set_max_entries(self, n: int) -> None:
-        """Resize the map; only before BpfObject.load()."""
-        handle = self._require_handle("set_max_entries")
-        with annotate(f"map {self.name!r}: max_entries can only be set before load()"):
-            lib.bpf_map__set_max_entries(handle, n)
-
-    def set_initial_value(self, data: bytes) -> None:
-        """Initial contents of a .data/.rodata/.bss map (e.g. `const volatile` config); before load."""
-        handle = self._require_handle("set_initial_value")
-        current = self.initial_value
-        if current is not None and len(data) != len(current):
-            raise ValueError(
-                f"map {self.name!r}: initial value must be exactly {len(current)} bytes, got {len(data)}"
-            )
-        buf = ctypes.create_string_buffer(bytes(data), len(data))
-        with annotate(f"map {self.name!r}: initial value can only be set before load()"):
-            lib.bpf_map__set_initial_value(handle, buf, len(data))  # libbpf copies it
-
-    @property
-    def initial_value(self) -> bytes | None:
-        """The current initial contents of an internal map (None for other maps)."""
-        handle = self._require_handle("initial_value")
-        size = ctypes.c_size_t()
-        ptr = lib.bpf_map__initial_value(handle, ctypes.byref(size))
-        if not ptr:
-            return None
-        return ctypes.string_at(ptr, size.value)
-
-    def _require_handle(self, what: str):
-        handle = self._live()
-        if handle is None:
-            raise ValueError(f"{what} needs a map of an open BpfObject, not a pinned map")
-        return handle
-
-    # --- pinning ----------------------------------------------------------------
-
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        handle = self._require_handle("pin")
-        with annotate(f"pinning map {self.name!r} at {os.fspath(path)!r}"):
-            lib.bpf_map__pin(handle, path_bytes(path))
-
-    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
-        handle = self._require_handle("unpin")
-        with annotate(f"unpinning map {self.name!r}"):
-            lib.bpf_map__unpin(handle, path_bytes(path) if path is not None else None)
+            return f"<{type(self).__name__} (closed)>"
 
     # --- element access -------------------------------------------------------------
 
@@ -350,27 +208,6 @@ class BpfMap(OwnedResource):
 
         return self._batch("update", count, flags, batch, one)
 
-    def delete_batch(self, keys: bytes, count: int) -> int:
-        """Delete `count` keys (count*key_size bytes); falls back per element like update_batch.
-
-        A missing key is an error (ENOENT), as in the kernel's batch delete.
-        """
-        ks = self.key_size
-        keys = bytes(keys)
-        if len(keys) != count * ks:
-            raise ValueError(
-                f"map {self.name!r}: {count} keys need {count * ks} bytes, got {len(keys)}"
-            )
-        fd = self.fd
-
-        def batch(done, opts):
-            lib.bpf_map_delete_batch(fd, keys, done, opts)
-
-        def one(i):
-            lib.bpf_map_delete_elem(fd, keys[i * ks : (i + 1) * ks])
-
-        return self._batch("delete", count, 0, batch, one)
-
     def _batch(self, op: str, count: int, elem_flags: int, batch, one) -> int:
         if count == 0:
             return 0
@@ -398,10 +235,140 @@ class BpfMap(OwnedResource):
         self._batch_unsupported.add(op)
         return count
 
-    # --- lifetime (standalone maps) ---------------------------------------------------
+
+class ObjectMap(MapAccess):
+    """A map of a `BpfObject` (libbpf's struct bpf_map): configurable until the
+    object is loaded, usable by fd after, gone when the object is closed."""
+
+    def __init__(self, handle, owner: BpfObject):
+        self._handle = handle  # BpfMapPtr
+        self._owner = owner
+        self._friendly_name: str | None = None
+        self._batch_unsupported = set()
+
+    def _live(self):
+        if self._owner.closed:
+            raise ValueError(f"map {self._friendly_name or '?'!r}: its BPF object is closed")
+        return self._handle
+
+    @property
+    def name(self) -> str:
+        """The kernel's name of the map (internal maps get libbpf's `<obj>.rodata`-style name)."""
+        return decode(lib.bpf_map__name(self._live()))
+
+    @property
+    def fd(self) -> int:
+        fd = lib.bpf_map__fd(self._live())
+        if fd < 0:
+            raise LibbpfError(
+                "bpf_map__fd",
+                errno.EBADF,
+                detail=f"map {self.name!r} is not loaded: call BpfObject.load() first",
+            )
+        return fd
+
+    @property
+    def type(self) -> MapType | int:
+        return to_enum(MapType, lib.bpf_map__type(self._live()))
+
+    @property
+    def key_size(self) -> int:
+        return lib.bpf_map__key_size(self._live())
+
+    @property
+    def value_size(self) -> int:
+        return lib.bpf_map__value_size(self._live())
+
+    @property
+    def max_entries(self) -> int:
+        return lib.bpf_map__max_entries(self._live())
+
+    @property
+    def is_internal(self) -> bool:
+        """True for the maps libbpf makes of .data/.rodata/.bss/.kconfig sections."""
+        return bool(lib.bpf_map__is_internal(self._live()))
+
+    # --- before load ----------------------------------------------------------
+
+    def set_max_entries(self, n: int) -> None:
+        """Resize the map; only before BpfObject.load()."""
+        with annotate(f"map {self.name!r}: max_entries can only be set before load()"):
+            lib.bpf_map__set_max_entries(self._live(), n)
+
+    def set_initial_value(self, data: bytes) -> None:
+        """Initial contents of a .data/.rodata/.bss map (e.g. `const volatile` config); before load."""
+        handle = self._live()
+        size = ctypes.c_size_t()
+        current = lib.bpf_map__initial_value(handle, ctypes.byref(size))
+        if current and len(data) != size.value:
+            raise ValueError(
+                f"map {self.name!r}: initial value must be exactly {size.value} bytes, got {len(data)}"
+            )
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        with annotate(f"map {self.name!r}: initial value can only be set before load()"):
+            lib.bpf_map__set_initial_value(handle, buf, len(data))  # libbpf copies it
+
+    # --- pinning ----------------------------------------------------------------
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        with annotate(f"pinning map {self.name!r} at {os.fspath(path)!r}"):
+            lib.bpf_map__pin(self._live(), path_bytes(path))
+
+    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
+        with annotate(f"unpinning map {self.name!r}"):
+            lib.bpf_map__unpin(self._live(), path_bytes(path) if path is not None else None)
+
+
+class MapHandle(MapAccess, OwnedResource):
+    """A map by fd alone, outside any object (reopened from a pin): owns its fd; close it."""
+
+    def __init__(self, fd: int, info: BpfMapInfo):
+        self._fd: int | None = fd
+        self._info = info
+        self._batch_unsupported = set()
+
+    @classmethod
+    def from_pinned(cls, path: str | os.PathLike[str]) -> MapHandle:
+        """Open a map pinned in bpffs (bpf_obj_get)."""
+        with annotate(f"opening pinned map {os.fspath(path)!r}"):
+            fd = lib.bpf_obj_get(path_bytes(path))
+        try:
+            info = BpfMapInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            with annotate(f"reading map info of {os.fspath(path)!r}"):
+                lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, info)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("map is closed")
+        return self._fd
+
+    @property
+    def name(self) -> str:
+        return decode(self._info.name)
+
+    @property
+    def type(self) -> MapType | int:
+        return to_enum(MapType, self._info.type)
+
+    @property
+    def key_size(self) -> int:
+        return self._info.key_size
+
+    @property
+    def value_size(self) -> int:
+        return self._info.value_size
+
+    @property
+    def max_entries(self) -> int:
+        return self._info.max_entries
 
     def close(self) -> None:
-        """Close a standalone map's fd; a no-op for maps owned by a BpfObject."""
-        if self._handle is None and self._own_fd is not None:
-            fd, self._own_fd = self._own_fd, None
+        fd, self._fd = self._fd, None
+        if fd is not None:
             os.close(fd)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import re
-from pathlib import Path
 
 from ..errors import LibbpfError
-from ._common import OwnedResource, annotate, path_bytes, with_detail
+from ._common import OwnedResource, annotate, with_detail
 from .libbpf import BpfObjectOpenOpts, lib
-from .maps import BpfMap
+from .maps import ObjectMap
 from .privileges import require_bpf_privileges
 from .programs import BpfProgram
 
@@ -43,11 +41,11 @@ class BpfObject(OwnedResource):
         self._data = data_buffer  # libbpf reads the ELF from here until load: keep it alive
         self._name = name
         self._loaded = False
-        self.maps: dict[str, BpfMap] = {}
+        self.maps: dict[str, ObjectMap] = {}
         self.programs: dict[str, BpfProgram] = {}
         map_ptr = lib.bpf_object__next_map(handle, None)
         while map_ptr:
-            bpf_map = BpfMap(map_ptr, self)
+            bpf_map = ObjectMap(map_ptr, self)
             key = _map_key(bpf_map.name, bpf_map.is_internal)
             bpf_map._friendly_name = key
             self.maps[key] = bpf_map
@@ -59,18 +57,13 @@ class BpfObject(OwnedResource):
             prog_ptr = lib.bpf_object__next_program(handle, prog_ptr)
 
     @classmethod
-    def open(
-        cls, data: bytes, name: str, *, pin_root_path: str | os.PathLike[str] | None = None
-    ) -> BpfObject:
+    def open(cls, data: bytes, name: str) -> BpfObject:
         """Open an ELF object from memory. `name` names it in libbpf's messages
-        (libbpf keeps at most 15 characters); `pin_root_path` is where maps
-        declared with `pinning` are pinned (libbpf's default: /sys/fs/bpf)."""
+        (libbpf keeps at most 15 characters)."""
         data = bytes(data)
         buffer = ctypes.create_string_buffer(data, len(data))
         name_bytes = name.encode()
         opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts), object_name=name_bytes)
-        if pin_root_path is not None:
-            opts.pin_root_path = path_bytes(pin_root_path)
         with annotate(f"opening BPF object {name!r}"):
             handle = lib.bpf_object__open_mem(buffer, len(data), ctypes.byref(opts))
         try:
@@ -78,14 +71,6 @@ class BpfObject(OwnedResource):
         except BaseException:
             lib.bpf_object__close(handle)
             raise
-
-    @classmethod
-    def open_file(
-        cls, path: str | os.PathLike[str], name: str | None = None, **kwargs
-    ) -> BpfObject:
-        """Read an ELF object file and `open()` it; the name defaults to the file's stem."""
-        path = Path(path)
-        return cls.open(path.read_bytes(), name or path.name.split(".")[0], **kwargs)
 
     # --- state ----------------------------------------------------------------
 
@@ -106,25 +91,6 @@ class BpfObject(OwnedResource):
         if self._handle is None:
             raise ValueError(f"BPF object {self._name!r} is closed")
         return self._handle
-
-    def map(self, name: str) -> BpfMap:
-        """A map by its key in `maps` (`.rodata`) or by its kernel name (`obj_nam.rodata`)."""
-        self._live()
-        if name in self.maps:
-            return self.maps[name]
-        for bpf_map in self.maps.values():
-            if bpf_map.name == name:
-                return bpf_map
-        raise KeyError(f"BPF object {self._name!r} has no map {name!r}; it has {sorted(self.maps)}")
-
-    def program(self, name: str) -> BpfProgram:
-        self._live()
-        try:
-            return self.programs[name]
-        except KeyError:
-            raise KeyError(
-                f"BPF object {self._name!r} has no program {name!r}; it has {sorted(self.programs)}"
-            ) from None
 
     # --- load and close --------------------------------------------------------------
 

@@ -9,47 +9,31 @@ from collections.abc import Callable
 from ..errors import LibbpfError
 from ._common import OwnedResource, annotate
 from .libbpf import RingBufferSampleFn, lib
-from .maps import BpfMap
+from .maps import MapAccess
 
 # Returned to libbpf when a Python callback raised: stops the poll; poll() re-raises.
 _STOP = -errno.ECANCELED
 
 
 class RingBuffer(OwnedResource):
-    """Reads records from one or more ring buffer maps.
+    """Reads the records of one ring buffer map.
 
     `callback(record: bytes)` runs inside `poll()`/`consume()`, on the calling
     thread. If it raises, consuming stops and `poll()`/`consume()` re-raise it.
     """
 
-    def __init__(self, map: BpfMap, callback: Callable[[bytes], object]):
-        self._callbacks: list[Callable[[bytes], object]] = []
-        self._maps: list[BpfMap] = []  # keep the maps (and their objects) alive
+    def __init__(self, map: MapAccess, callback: Callable[[bytes], object]):
+        self._callback = callback
+        self._map = map  # keeps the map (and its object) alive
         self._error: BaseException | None = None
-        # One C callback for all maps; ctx tells which Python callback to run.
         self._c_callback = RingBufferSampleFn(self._on_sample)
         self._handle = None
-        fd = map.fd
-        self._callbacks.append(callback)
         with annotate(f"creating ring buffer for map {map.name!r}"):
-            self._handle = lib.ring_buffer__new(fd, self._c_callback, 1, None)
-        self._maps.append(map)
-
-    def add(self, map: BpfMap, callback: Callable[[bytes], object]) -> None:
-        """Also consume `map`, with its own callback."""
-        handle = self._live()
-        self._callbacks.append(callback)
-        try:
-            with annotate(f"adding map {map.name!r} to ring buffer"):
-                lib.ring_buffer__add(handle, map.fd, self._c_callback, len(self._callbacks))
-        except BaseException:
-            self._callbacks.pop()
-            raise
-        self._maps.append(map)
+            self._handle = lib.ring_buffer__new(map.fd, self._c_callback, None, None)
 
     def _on_sample(self, ctx: int | None, data: int | None, size: int) -> int:
         try:
-            self._callbacks[(ctx or 1) - 1](ctypes.string_at(data, size))
+            self._callback(ctypes.string_at(data, size))
         except BaseException as exc:  # noqa: BLE001 - re-raised by poll()/consume()
             self._error = exc
             return _STOP
@@ -91,4 +75,4 @@ class RingBuffer(OwnedResource):
         handle, self._handle = self._handle, None
         if handle is not None:
             lib.ring_buffer__free(handle)
-        self._maps.clear()
+        self._map = None

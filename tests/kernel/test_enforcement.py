@@ -14,7 +14,7 @@ import time
 import pytest
 
 import ebmesh
-from ebmesh.loader import BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET_INGRESS, query_cgroup
+from ebmesh.loader import AttachType, query_cgroup
 from ebmesh.runtime.cgroups import cgroup2_mount
 
 pytestmark = pytest.mark.kernel
@@ -249,12 +249,12 @@ def test_counters_count_each_deciding_rule(world):
 
 def test_detach_restores_traffic_and_leaves_nothing_attached(world):
     attachment = attach(world, mesh("allow client -> server port 8080"))
-    assert query_cgroup(world.root, BPF_CGROUP_INET4_CONNECT)
+    assert query_cgroup(world.root, AttachType.CGROUP_INET4_CONNECT)
     assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
     attachment.detach()
     assert_allowed(world.client.connect(SERVER, 9090, source=CLIENT))
-    assert query_cgroup(world.root, BPF_CGROUP_INET4_CONNECT) == []
-    assert query_cgroup(world.root, BPF_CGROUP_INET_INGRESS) == []
+    assert query_cgroup(world.root, AttachType.CGROUP_INET4_CONNECT) == []
+    assert query_cgroup(world.root, AttachType.CGROUP_INET_INGRESS) == []
     attachment.detach()  # idempotent
 
 
@@ -270,7 +270,7 @@ def test_missing_workload_cgroup_is_an_error(cgroup):
     compiled = ebmesh.compile(mesh("allow client -> server"))
     with pytest.raises(ebmesh.AttachError, match="client"):
         compiled.attach(cgroup)
-    assert query_cgroup(cgroup, BPF_CGROUP_INET4_CONNECT) == []
+    assert query_cgroup(cgroup, AttachType.CGROUP_INET4_CONNECT) == []
 
 
 def test_a_socket_nested_out_of_reach_is_refused_not_let_through(cgroup_tree, spawn):
