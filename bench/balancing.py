@@ -37,7 +37,7 @@ from pathlib import Path
 
 import ebmesh
 from ebmesh.loader import enable_run_time_stats
-from ebmesh.sandbox import Agent, throwaway_cgroup
+from tests.support import Agent, throwaway_cgroup
 
 PREFIX = "ebmesh-bench-"
 VIP_PORT = 80

@@ -93,7 +93,7 @@ def main() -> int:
                     f"{info['objects_collected']} unreachable objects found"
                 )
         if args.attach:
-            from ebmesh.sandbox import throwaway_cgroup
+            from tests.support import throwaway_cgroup
 
             with throwaway_cgroup(("client", "server"), prefix=PREFIX) as root:
                 breakdown: dict = {}

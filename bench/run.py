@@ -41,9 +41,9 @@ import policy_gen  # noqa: E402
 
 import ebmesh  # noqa: E402
 from ebmesh.language.gc_pause import cyclic_gc_paused  # noqa: E402
-from ebmesh.loader import BpfMap, BpfObject, enable_run_time_stats, program_info  # noqa: E402
+from ebmesh.loader import BpfObject, MapAccess, enable_run_time_stats, program_info  # noqa: E402
 from ebmesh.runtime.cgroups import cgroup2_mount  # noqa: E402
-from ebmesh.sandbox import Agent, throwaway_cgroup  # noqa: E402
+from tests.support import Agent, throwaway_cgroup  # noqa: E402
 
 PREFIX = "ebmesh-bench-"
 DEFAULT_SIZES = (10, 10_000, 100_000)
@@ -129,7 +129,7 @@ def attach_breakdown(into: dict):
     """Times the two costly parts of `attach()` (program load/verify, map batch
     updates) by wrapping the loader's methods while the block runs. The wrappers
     only read a clock; behaviour is unchanged."""
-    original_load, original_update = BpfObject.load, BpfMap.update_batch
+    original_load, original_update = BpfObject.load, MapAccess.update_batch
     into.setdefault("load_verify", 0.0)
     into.setdefault("map_fill", 0.0)
 
@@ -147,11 +147,11 @@ def attach_breakdown(into: dict):
         finally:
             into["map_fill"] += time.perf_counter() - started
 
-    BpfObject.load, BpfMap.update_batch = load, update_batch
+    BpfObject.load, MapAccess.update_batch = load, update_batch
     try:
         yield into
     finally:
-        BpfObject.load, BpfMap.update_batch = original_load, original_update
+        BpfObject.load, MapAccess.update_batch = original_load, original_update
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ebmesh  # noqa: E402
 from ebmesh.loader import program_info  # noqa: E402
-from ebmesh.sandbox import throwaway_cgroup  # noqa: E402
+from tests.support import throwaway_cgroup  # noqa: E402
 
 PREFIX = "ebmesh-bench-"
 

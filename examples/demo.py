@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import ebmesh
-from ebmesh.sandbox import Agent, throwaway_cgroup
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests.support
+
+import ebmesh  # noqa: E402
+from tests.support import Agent, throwaway_cgroup  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADDRESS = {
@@ -106,7 +108,7 @@ def main() -> int:
                     + ", ".join(
                         f"{n} -> {p.relative_to(root)}"
                         for n, p in (
-                            (compiled.image.naming.identity(i), p)
+                            (compiled.image.naming.name_of(i), p)
                             for i, p in attachment.workload_cgroups.items()
                         )
                     )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ebmesh.sandbox import places
-from ebmesh.sandbox.places import throwaway_cgroup
+from tests.support import places
+from tests.support.places import throwaway_cgroup
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,7 +48,7 @@ def cgroup_tree(root):
 @pytest.fixture
 def spawn(root):
     """A factory of agents: spawn(cgroup_path, netns=None) -> Agent, all stopped afterwards."""
-    from ebmesh.sandbox import Agent
+    from tests.support import Agent
 
     started: list[Agent] = []
 

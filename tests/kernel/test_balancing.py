@@ -15,7 +15,7 @@ import time
 import pytest
 
 import ebmesh
-from ebmesh.sandbox import throwaway_netns
+from tests.support import throwaway_netns
 
 pytestmark = pytest.mark.kernel
 

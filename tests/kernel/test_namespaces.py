@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import ebmesh
-from ebmesh.sandbox import throwaway_netns, veth_pair
+from tests.support import throwaway_netns, veth_pair
 
 pytestmark = pytest.mark.kernel
 

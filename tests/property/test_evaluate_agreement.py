@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import ebmesh
-from ebmesh.ir import reference
 from ebmesh.ir.model import Protocol, Verdict
 from tests.property.policies import PORTS, interesting_addresses, policies
+from tests.support import reference
 
 pytestmark = pytest.mark.kernel
 

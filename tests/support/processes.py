@@ -1,4 +1,8 @@
-"""Agents: test processes placed in a cgroup and maybe a network namespace."""
+"""Agents: test processes placed in a cgroup and maybe a network namespace.
+
+The process side is tests/support/agent.py, run as `python -m tests.support.agent`
+from the repository's root.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]  # so `-m ebmesh.sandbox.agent` works from a checkout
+_ROOT = Path(__file__).resolve().parents[2]  # the repository, where `-m tests.support.agent` runs
+
+
+class AgentError(RuntimeError):
+    """An agent could not do what it was told (its answer says why)."""
 
 
 def _join(cgroup: Path | None):
@@ -32,7 +40,7 @@ class Agent:
         # nsenter --net, not `ip netns exec`: the latter remounts /sys and hides the cgroup2 mount.
         enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns is not None else []
         self.process = subprocess.Popen(
-            [*enter, sys.executable, "-m", "ebmesh.sandbox.agent"],
+            [*enter, sys.executable, "-m", "tests.support.agent"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -45,7 +53,7 @@ class Agent:
     def _read(self) -> dict:
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"agent {self.name} died (exit code {self.process.poll()})")
+            raise AgentError(f"agent {self.name} died (exit code {self.process.poll()})")
         return json.loads(line)
 
     def call(self, command: str, **arguments) -> dict:
@@ -53,9 +61,15 @@ class Agent:
         self.process.stdin.flush()
         return self._read()
 
+    def _must(self, command: str, **arguments) -> dict:
+        """`call`, for commands that have no reason to fail."""
+        answer = self.call(command, **arguments)
+        if not answer["ok"]:
+            raise AgentError(f"agent {self.name}: {command} failed: {answer}")
+        return answer
+
     def listen(self, protocol: str, address: str, port: int = 0) -> int:
-        answer = self.call("listen", protocol=protocol, address=address, port=port)
-        assert answer["ok"], answer
+        answer = self._must("listen", protocol=protocol, address=address, port=port)
         self._listeners[(protocol, address, answer["port"])] = answer["id"]
         return answer["port"]
 
@@ -63,8 +77,7 @@ class Agent:
         """TCP listeners on every (address, port), all served by one thread of the agent
         (a thread per listener, as `listen` has, does not scale to 1,000 backends).
         Each accepted connection gets the greeting and is closed. Returns the group's id."""
-        answer = self.call("listen_many", endpoints=[list(e) for e in endpoints], backlog=backlog)
-        assert answer["ok"], answer
+        answer = self._must("listen_many", endpoints=[list(e) for e in endpoints], backlog=backlog)
         return answer["id"]
 
     def accepted_many(self, group: int) -> dict[str, int]:

@@ -1,8 +1,11 @@
 """Throwaway cgroups and network namespaces that are always removed.
 
-Everything here is created under a name prefix (`ebmesh-test-` for tests,
-`ebmesh-demo-` for the demo) and torn down by the context managers, even when the test inside fails: processes are
-killed (cgroup.kill), cgroups removed deepest first, namespaces deleted.
+Everything here is named `<prefix><run>-<kind>-<random>`: the prefix is
+`ebmesh-test-` for tests and `ebmesh-demo-` for the demo, the run is unique to
+this process, so `leftovers()` finds what this run made by name alone. The
+context managers tear everything down even when the test inside fails:
+processes are killed (cgroup.kill), cgroups removed deepest first, namespaces
+deleted.
 """
 
 from __future__ import annotations
@@ -17,14 +20,11 @@ from pathlib import Path
 from ebmesh.runtime.cgroups import cgroup2_mount
 
 TEST_PREFIX = "ebmesh-test-"
-
-# Everything this process created, so a caller can check that all of it is gone.
-created_cgroups: list[Path] = []
-created_namespaces: list[str] = []
+RUN = uuid.uuid4().hex[:6]
 
 
 def _unique(kind: str, prefix: str) -> str:
-    return f"{prefix}{kind}-{uuid.uuid4().hex[:8]}"
+    return f"{prefix}{RUN}-{kind}-{uuid.uuid4().hex[:8]}"
 
 
 def _remove_cgroup_tree(root: Path) -> None:
@@ -53,7 +53,6 @@ def throwaway_cgroup(children: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
     """A fresh cgroup under the cgroup2 mount, with `children` (paths like "a/b") made below it."""
     root = cgroup2_mount() / _unique("cg", prefix)
     root.mkdir()
-    created_cgroups.append(root)
     try:
         for child in children:
             (root / child).mkdir(parents=True, exist_ok=True)
@@ -72,7 +71,6 @@ def throwaway_netns(addresses: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
     """A fresh network namespace with loopback up and `addresses` (CIDRs) on lo."""
     name = _unique("ns", prefix)
     ip("netns", "add", name)
-    created_namespaces.append(name)
     try:
         ip("link", "set", "lo", "up", namespace=name)
         for address in addresses:
@@ -125,11 +123,12 @@ def veth_pair(left_ns: str, left_address: str, right_ns: str, right_address: str
     yield
 
 
-def leftovers() -> list[str]:
-    """What this process created and is still there."""
-    namespaces = set(
-        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-    )
-    return [str(p) for p in created_cgroups if p.exists()] + [
-        n for n in created_namespaces if n in namespaces
+def leftovers(prefix: str = TEST_PREFIX) -> list[str]:
+    """The cgroups and namespaces this run made under `prefix` that are still there."""
+    mine = f"{prefix}{RUN}-"
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [str(p) for p in cgroup2_mount().glob(f"{mine}*")] + [
+        name
+        for name in (line.split()[0] for line in namespaces.splitlines() if line.strip())
+        if name.startswith(mine)
     ]
