@@ -24,15 +24,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from ebmesh.cli import UsageError, parse_destination
-from ebmesh.loader import (
-    BPF_CGROUP_INET4_CONNECT,
-    BPF_CGROUP_INET6_CONNECT,
-    BPF_CGROUP_INET_EGRESS,
-    BPF_CGROUP_INET_INGRESS,
-    BPF_CGROUP_UDP4_SENDMSG,
-    BPF_CGROUP_UDP6_SENDMSG,
-    query_cgroup,
-)
+from ebmesh.loader import AttachType, query_cgroup
 from ebmesh.toolchain.inspect import inspect_object
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,12 +37,12 @@ LAUNCHERS = {
     "console script": [str(CONSOLE_SCRIPT)],
 }
 ATTACH_TYPES = (
-    BPF_CGROUP_INET_INGRESS,
-    BPF_CGROUP_INET_EGRESS,
-    BPF_CGROUP_INET4_CONNECT,
-    BPF_CGROUP_INET6_CONNECT,
-    BPF_CGROUP_UDP4_SENDMSG,
-    BPF_CGROUP_UDP6_SENDMSG,
+    AttachType.CGROUP_INET_INGRESS,
+    AttachType.CGROUP_INET_EGRESS,
+    AttachType.CGROUP_INET4_CONNECT,
+    AttachType.CGROUP_INET6_CONNECT,
+    AttachType.CGROUP_UDP4_SENDMSG,
+    AttachType.CGROUP_UDP6_SENDMSG,
 )
 PROGRAMS = (
     "ebmesh_connect4",
@@ -150,6 +142,18 @@ def test_check_broken_reports_every_error_where_it_is(ebmesh_cmd, tmp_path):
     shown = lines.index("    " + BROKEN.split("\n")[2])
     assert lines[shown + 1] == "    " + " " * 10 + "^~~~~~~"
     assert "Traceback" not in result.stderr
+
+
+def test_check_and_compile_agree_on_what_cannot_be_enforced(tmp_path):
+    """A policy past the datapath's limits is refused by `check`, with its place, as by
+    `compile`: the limit is a check of the language, not a surprise of a later phase."""
+    policy = REPO / "tests" / "golden" / "errors" / "prefix_nesting.mesh"
+    checked = run_ebmesh("check", policy)
+    compiled = run_ebmesh("compile", policy, "-o", tmp_path / "deep.o")
+    assert checked.returncode == compiled.returncode == 1, (checked, compiled)
+    assert checked.stderr == compiled.stderr
+    assert f"{policy}:21:5: cannot be enforced as written: 17 destination" in checked.stderr
+    assert not (tmp_path / "deep.o").exists()
 
 
 def test_check_missing_file(ebmesh_cmd, tmp_path):

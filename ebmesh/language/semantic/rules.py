@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ebmesh.language.ast import PortRange, Rule, Service, Workload
 from ebmesh.language.semantic.addresses import check_address_peer
 from ebmesh.language.semantic.names import Declarations
+from ebmesh.language.semantic.nesting import PrefixNesting
 from ebmesh.language.semantic.report import Report
 from ebmesh.language.suggest import did_you_mean, quoted_list
 
@@ -33,6 +34,7 @@ class RuleChecker:
         self.services = declared.services
         self.declared = declared
         self.report = report
+        self.nesting = PrefixNesting()
         self._suggestions: dict[str, str | None] = {}
 
     def check(self, rule: Rule) -> None:
@@ -90,6 +92,7 @@ class RuleChecker:
                 side.local = True
             else:
                 check_address_peer(peer, self.report)
+                self.nesting.add(role, peer, rule)
                 side.local = True
         return side
 
@@ -194,6 +197,7 @@ def check_rules(rules: list[Rule], declared: Declarations, report: Report) -> No
     checker = RuleChecker(declared, report)
     for rule in rules:
         checker.check(rule)
+    checker.nesting.check(report)
 
 
 def _covers(port_range: PortRange, port: int, protocol: str) -> bool:
