@@ -30,10 +30,14 @@ def compile(policy):  # noqa: A001 - the API's name
 
 def __getattr__(name):
     # The heavier classes load on first use: `import ebmesh` stays cheap.
-    if name in ("CompiledPolicy", "Evaluation", "EvaluationError"):
-        from ebmesh import policy
+    if name == "CompiledPolicy":
+        from ebmesh.policy import CompiledPolicy
 
-        return getattr(policy, name)
+        return CompiledPolicy
+    if name in ("Evaluation", "EvaluationError"):
+        from ebmesh.runtime import evaluator
+
+        return getattr(evaluator, name)
     if name == "Attachment":
         from ebmesh.runtime.attachment import Attachment
 

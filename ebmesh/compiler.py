@@ -11,16 +11,15 @@ import time
 from pathlib import Path
 
 from ebmesh import language
-from ebmesh.codegen.datapath import encode_tables, render_policy_header
+from ebmesh.codegen.header import render_policy_header
+from ebmesh.codegen.map_contents import encode_tables
+from ebmesh.datapath.image import DatapathImage
 from ebmesh.ir.lowering import lower
-from ebmesh.ir.model import Policy
 from ebmesh.language.ast import PolicyFile
 from ebmesh.language.gc_pause import cyclic_gc_paused
 from ebmesh.language.lower import lower_to_ir
 from ebmesh.policy import CompiledPolicy
 from ebmesh.resources import bpf_source_dir
-from ebmesh.runtime.balancing import ServiceSpec
-from ebmesh.runtime.image import DatapathImage, Naming, RuleOrigin
 from ebmesh.toolchain.clang import build_object
 
 MAIN_SOURCE = "ebmesh.bpf.c"
@@ -60,16 +59,7 @@ def _compile(policy: str | Path | PolicyFile) -> CompiledPolicy:
         (Path(generated) / GENERATED_HEADER).write_text(header)
         build = build_object(main, include_dirs=[Path(generated), bpf_source_dir()], name="ebmesh")
     phase("clang")
-    image = DatapathImage(
-        object_bytes=build.object,
-        maps=encode_tables(tables),
-        rule_count=tables.rule_count,
-        workload_cgroups=tuple(tables.workload_cgroups),
-        v4_prefix_lengths=tables.v4_lengths,
-        v6_prefix_lengths=tables.v6_lengths,
-        services=tuple(ServiceSpec(*row) for row in tables.services),
-        naming=naming_of(ir),
-    )
+    image = DatapathImage.assemble(build.object, encode_tables(tables), shape, tables)
     phase("encode")
     return CompiledPolicy(
         tree=tree,
@@ -81,14 +71,3 @@ def _compile(policy: str | Path | PolicyFile) -> CompiledPolicy:
         build=build,
         timings=timings,
     )
-
-
-def naming_of(policy: Policy) -> Naming:
-    identities = {w.identity: w.name for w in policy.workloads}
-    identities.update({s.identity: s.name for s in policy.services})
-    rules = {
-        rule.id: RuleOrigin(rule.id, rule.origin.file, rule.origin.line, rule.origin.text.strip())
-        for rule in policy.rules
-        if rule.origin is not None
-    }
-    return Naming(identities=identities, rules=rules)

@@ -3,7 +3,8 @@
 Policy mistakes are collected as `Diagnostic`s and raised together in one
 `PolicyError`; problems with the machine (no clang, not root, no BTF) are
 `EnvironmentProblem`s that say what to do; failures of the kernel or libbpf
-are `LibbpfError`s carrying errno and the verifier/libbpf log.
+are `LibbpfError`s carrying errno and the verifier/libbpf log. Anything a
+phase below the language checks cannot handle is an `InternalError`: a bug.
 """
 
 from __future__ import annotations
@@ -136,3 +137,12 @@ class LibbpfError(EbmeshError):
 
 class AttachError(EbmeshError):
     """A policy could not be attached (unsafe target, missing cgroup, ...)."""
+
+
+class InternalError(EbmeshError):
+    """A bug in ebmesh, not in the policy or the machine.
+
+    User errors are raised only where the language is checked; a phase below
+    the checks that meets input it cannot handle raises this (like vyper's
+    CompilerPanic). Please report it with the policy that caused it.
+    """

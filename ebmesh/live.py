@@ -13,11 +13,10 @@ import dataclasses
 from ebmesh.ir.model import Policy, Service
 from ebmesh.policy import CompiledPolicy
 from ebmesh.runtime.attachment import Attachment
-from ebmesh.runtime.balancing import backend_text
 
 
 def _weights(service: Service) -> list[tuple[str, int]]:
-    return [(backend_text(b.address.packed, b.port), b.weight) for b in service.backends]
+    return [(b.endpoint, b.weight) for b in service.backends]
 
 
 def backend_changes(old: Policy, new: Policy) -> dict[str, dict[str, int]] | None:

@@ -1,71 +1,27 @@
-"""A compiled policy: its C, its object, and what can be done with them."""
+"""A compiled policy: a spec (its C, its object, its tables), and what can be done with it.
+
+Like cilium/ebpf's CollectionSpec, a `CompiledPolicy` is plain data: it loads
+nothing. `attach()` brings a copy to life on a cgroup (an `Attachment`),
+`evaluate()` runs its decision code in the kernel through a copy of its own,
+`inspect()` reads the object. The run side is imported only when one of them
+is called, so compiling never loads libbpf.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
-from ebmesh.errors import EbmeshError
-from ebmesh.ir.model import NO_IDENTITY, Policy, Protocol
-from ebmesh.runtime import abi
-from ebmesh.runtime.events import address_from_words, words_from_address
-from ebmesh.runtime.image import DatapathImage, RuleOrigin
+from ebmesh.datapath.image import DatapathImage
+from ebmesh.datapath.tables import DatapathTables, PolicyShape
+from ebmesh.ir.model import Policy
 
 if TYPE_CHECKING:
-    from ebmesh.codegen.datapath import DatapathTables, PolicyShape
     from ebmesh.language.ast import PolicyFile
     from ebmesh.runtime.attachment import Attachment
-    from ebmesh.runtime.evaluator import Evaluator
+    from ebmesh.runtime.evaluator import AddressLike, Evaluation, Evaluator
     from ebmesh.toolchain.clang import BuildResult
     from ebmesh.toolchain.inspect import ObjectInfo
-
-AddressLike = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]
-
-
-class EvaluationError(EbmeshError):
-    """`evaluate` was asked about a flow it cannot describe (unknown name, bad address)."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The kernel's verdict on one flow, with what decided it."""
-
-    verdict: str  # "allow" | "deny": what the kernel would do
-    rule_id: int  # 0: the default decided
-    rule: RuleOrigin | None
-    audit_rule_id: int
-    audit_rule: RuleOrigin | None
-    source: str  # the source's identity name, "-" for none
-    destination: str
-    by_default: bool
-    would_deny: bool
-    needs_mtls: bool
-    default: str = field(default="deny")
-
-    @property
-    def allowed(self) -> bool:
-        return self.verdict == "allow"
-
-    @property
-    def line(self) -> int | None:
-        return self.rule.line if self.rule else None
-
-    def __str__(self) -> str:
-        if self.rule:
-            why = f"rule {self.rule_id} at {self.rule}: {self.rule.text}"
-        else:
-            why = f"the default ({self.default}): no rule matches"
-        text = f"{self.verdict.upper()} {self.source} -> {self.destination}, decided by {why}"
-        if self.needs_mtls:
-            text += "\n  mTLS is required" + (
-                "" if self.allowed else " and the pair is not authenticated"
-            )
-        if self.would_deny:
-            text += "\n  mode audit: enforce would deny this; it is reported and allowed"
-        if self.audit_rule:
-            text += f"\n  audit: rule {self.audit_rule_id} at {self.audit_rule} would deny it"
-        return text
 
 
 @dataclass
@@ -116,15 +72,6 @@ class CompiledPolicy:
             self.image, cgroup, force=force, events=events, backend_capacity=backend_capacity
         )
 
-    # ---- evaluate -------------------------------------------------------------
-
-    def _identity(self, name: str) -> int:
-        for item in (*self.policy.workloads, *self.policy.services):
-            if item.name == name:
-                return item.identity
-        known = ", ".join(w.name for w in self.policy.workloads) or "none"
-        raise EvaluationError(f"no workload named {name!r} (workloads: {known})")
-
     def evaluate(
         self,
         source: str | AddressLike | None,
@@ -143,54 +90,14 @@ class CompiledPolicy:
         (a service VIP, a workload's address, anything), a service name (its
         VIP and port) or a workload name (reached locally: known by its cgroup).
         """
-        flow = abi.Flow(direction=abi.DIRECTION_EGRESS)
-        try:
-            flow.protocol = int(Protocol[protocol.upper()])
-        except KeyError:
-            raise EvaluationError(f"protocol must be tcp or udp, not {protocol!r}") from None
-        if not 0 <= port <= 65535:
-            raise EvaluationError(f"port {port} is outside 0-65535")
-        flow.dst_port = port
-
-        src_addr = _address(source_address) if source_address is not None else None
-        if source is None:
-            flow.src_identity = NO_IDENTITY
-        elif isinstance(source, str) and _address_or_none(source) is None:
-            flow.src_identity = self._identity(source)
-        else:
-            src_addr = _address(source)
-            flow.flags |= abi.FLOW_SRC_BY_ADDRESS
-
-        dst_addr = _address(destination_address) if destination_address is not None else None
-        if isinstance(destination, str) and _address_or_none(destination) is None:
-            identity = self._identity(destination)
-            service = next((s for s in self.policy.services if s.identity == identity), None)
-            if service is not None:
-                dst_addr = dst_addr or service.vip
-                flow.flags |= abi.FLOW_DST_BY_ADDRESS  # found again as the VIP, like the hooks do
-            else:
-                flow.dst_identity = identity
-                workload = next(w for w in self.policy.workloads if w.identity == identity)
-                if dst_addr is None:
-                    dst_addr = (
-                        workload.prefixes[0].network_address if workload.prefixes else _LOOPBACK[4]
-                    )
-        else:
-            dst_addr = _address(destination)
-            flow.flags |= abi.FLOW_DST_BY_ADDRESS
-
-        if src_addr is not None and src_addr.version != dst_addr.version:
-            raise EvaluationError(
-                f"source {src_addr} and destination {dst_addr} are of different IP families"
-            )
-        flow.family = abi.FAMILY_IPV4 if dst_addr.version == 4 else abi.FAMILY_IPV6
-        flow.dst_addr[:] = words_from_address(dst_addr)
-        if src_addr is not None:
-            flow.src_addr[:] = words_from_address(src_addr)
-            flow.flags |= abi.FLOW_SRC_ADDRESS_KNOWN
-
-        resolved, decision = self.evaluator().run(flow)
-        return self._evaluation(resolved, decision)
+        return self.evaluator().evaluate(
+            source,
+            destination,
+            port,
+            protocol,
+            source_address=source_address,
+            destination_address=destination_address,
+        )
 
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
@@ -198,25 +105,6 @@ class CompiledPolicy:
 
             self._evaluator = Evaluator(self.image)
         return self._evaluator
-
-    def _evaluation(self, flow: abi.Flow, decision: abi.Decision) -> Evaluation:
-        naming = self.image.naming
-        destination = naming.identity(flow.dst_identity)
-        if flow.dst_identity == NO_IDENTITY:
-            destination = str(address_from_words(flow.family, flow.dst_addr))
-        return Evaluation(
-            verdict="allow" if decision.verdict == abi.VERDICT_ALLOW else "deny",
-            rule_id=decision.rule,
-            rule=naming.rules.get(decision.rule),
-            audit_rule_id=decision.audit_rule,
-            audit_rule=naming.rules.get(decision.audit_rule),
-            source=naming.identity(flow.src_identity),
-            destination=f"{destination}:{flow.dst_port}/{Protocol(flow.protocol).label}",
-            by_default=bool(decision.flags & abi.DECISION_BY_DEFAULT),
-            would_deny=bool(decision.flags & abi.DECISION_WOULD_DENY),
-            needs_mtls=bool(decision.flags & abi.DECISION_NEEDS_MTLS),
-            default=self.policy.default.name.lower(),
-        )
 
     def close(self) -> None:
         """Unload the copy `evaluate` uses (attachments have their own)."""
@@ -229,22 +117,3 @@ class CompiledPolicy:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-_LOOPBACK = {4: ipaddress.IPv4Address("127.0.0.1"), 6: ipaddress.IPv6Address("::1")}
-
-
-def _address_or_none(text: str):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _address(value: AddressLike):
-    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return value
-    address = _address_or_none(str(value))
-    if address is None:
-        raise EvaluationError(f"{value!r} is not an IP address")
-    return address

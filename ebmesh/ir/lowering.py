@@ -17,62 +17,17 @@ same whether the policy has ten rules or a hundred thousand:
 from __future__ import annotations
 
 import heapq
-import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ebmesh.codegen.datapath import DatapathTables, PolicyShape, RuleLine
-from ebmesh.errors import Diagnostic, PolicyError, SourceLocation
+from ebmesh.datapath import abi
+from ebmesh.datapath.limits import MAX_PREFIX_NESTING
+from ebmesh.datapath.tables import DatapathTables, PolicyShape, RuleLine
+from ebmesh.errors import InternalError
 from ebmesh.ir.model import Action, Mode, Policy, Protocol, Rule, Verdict
-from ebmesh.runtime import abi
-
-# How many rule prefixes of one side may nest around a single address. The
-# datapath walks them all for a verdict, so the bound keeps verdicts cheap.
-MAX_PREFIX_NESTING = 16
+from ebmesh.ir.prefixes import Prefix, bits, contains, prefix_of, subtract_prefixes
 
 NO_RULE = abi.NO_RULE
-ALL_PORTS_LOW, ALL_PORTS_HIGH = 0, 65535
-
-Prefix = tuple[int, int, int]  # (family 4|6, length, network address as int)
-
-
-def _bits(family: int) -> int:
-    return 32 if family == 4 else 128
-
-
-def prefix_of(network) -> Prefix:
-    return (network.version, network.prefixlen, int(network.network_address))
-
-
-def _contains(outer: Prefix, inner: Prefix) -> bool:
-    family, length, value = outer
-    if family != inner[0] or length > inner[1]:
-        return False
-    shift = _bits(family) - length
-    return (value >> shift) == (inner[2] >> shift)
-
-
-def subtract_prefixes(network: Prefix, excepts: list[Prefix]) -> list[Prefix]:
-    """`network` minus `excepts`, as the fewest disjoint prefixes."""
-    inside = [e for e in excepts if _contains(network, e) or _contains(e, network)]
-    if not inside:
-        return [network]
-    result: list[Prefix] = []
-    family = network[0]
-    bits = _bits(family)
-    pending = [network]
-    while pending:
-        block = pending.pop()
-        if any(_contains(e, block) for e in inside):
-            continue
-        if not any(_contains(block, e) for e in inside):
-            result.append(block)
-            continue
-        _, length, value = block
-        child = length + 1
-        pending.append((family, child, value | (1 << (bits - child))))
-        pending.append((family, child, value))
-    return sorted(result)
 
 
 @dataclass
@@ -175,23 +130,10 @@ def _intervals(contributions: list[tuple[int, int, tuple]], protocol: Protocol) 
     return tuple(result)
 
 
-def _nesting_error(rule: Rule | None, side: str, depth: int) -> PolicyError:
-    message = (
-        f"cannot be enforced as written: {depth} {side} prefixes nest around one address "
-        f"(the datapath walks at most {MAX_PREFIX_NESTING})"
-    )
-    hint = "merge or drop some of the nested CIDRs"
-    if rule is not None and rule.origin is not None:
-        origin = rule.origin
-        location = SourceLocation(origin.file, origin.line, origin.column)
-        return PolicyError([Diagnostic(message, location, origin.text, hint)])
-    return PolicyError([Diagnostic(message, None, None, hint)])
-
-
 def _markers(prefix: Prefix, lengths: list[int]) -> list[Prefix]:
     """Where the binary search on `lengths` must be told to look longer to find `prefix`."""
     family, length, value = prefix
-    bits = _bits(family)
+    width = bits(family)
     target = lengths.index(length)
     low, high = 0, len(lengths)  # as the datapath searches: [low, high)
     found = []
@@ -200,9 +142,9 @@ def _markers(prefix: Prefix, lengths: list[int]) -> list[Prefix]:
         if middle == target:
             break
         if middle < target:
-            shift = bits - lengths[middle]
+            shift = width - lengths[middle]
             found.append(
-                (family, lengths[middle], (value >> shift) << shift if shift < bits else 0)
+                (family, lengths[middle], (value >> shift) << shift if shift < width else 0)
             )
             low = middle + 1
         else:
@@ -220,7 +162,11 @@ def _best_values_at(stack, marker: Prefix) -> tuple:
 
 
 def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
-    """The datapath shape and tables of `policy`. Raises PolicyError past datapath limits."""
+    """The datapath shape and tables of a checked policy.
+
+    The checks (ebmesh.language.semantic.nesting) have refused any policy
+    past the datapath's limits; meeting one here is a bug in ebmesh.
+    """
     classes: dict[Prefix, _ClassInfo] = {}
 
     def class_for(prefix: Prefix) -> _ClassInfo:
@@ -235,7 +181,6 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
 
     # Each rule side's address matches, with excepts cut out, as positive prefixes.
     rule_atoms: list[tuple[dict[int, list[Prefix]], dict[int, list[Prefix]]]] = []
-    atom_rule: dict[tuple[str, Prefix], Rule] = {}
     for rule in policy.rules:
         sides = []
         for side_name, selector in (("src", rule.source), ("dst", rule.destination)):
@@ -251,7 +196,6 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
                         info.src_atom = True
                     else:
                         info.dst_atom = True
-                    atom_rule.setdefault((side_name, prefix), rule)
             sides.append(atoms)
         rule_atoms.append((sides[0], sides[1]))
 
@@ -277,7 +221,7 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     markers: dict[Prefix, tuple] = {}
     stack: list[tuple[Prefix, tuple, int, int]] = []  # (prefix, row values, src depth, dst depth)
     for info in ordered:
-        while stack and not _contains(stack[-1][0], info.prefix):
+        while stack and not contains(stack[-1][0], info.prefix):
             stack.pop()
         if stack:
             _, (_, parent_workload, parent_src, parent_dst), src_depth, dst_depth = stack[-1]
@@ -293,10 +237,9 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         dst_depth += info.dst_atom
         for side, depth in (("src", src_depth), ("dst", dst_depth)):
             if depth > MAX_PREFIX_NESTING:
-                raise _nesting_error(
-                    atom_rule.get((side, info.prefix)),
-                    "source" if side == "src" else "destination",
-                    depth,
+                raise InternalError(
+                    f"{depth} {side} prefixes nest around {info.prefix}: the checks let "
+                    f"through more than the datapath's {MAX_PREFIX_NESTING}"
                 )
             max_depth[side] = max(max_depth[side], depth)
         class_links[info.class_id] = (
@@ -336,23 +279,10 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     flags = [0] * (identity_count + 1)
     for workload in policy.workloads:
         flags[workload.identity] = abi.IDENTITY_MTLS_REQUIRED if workload.mtls_required else 0
-        if workload.cgroup is not None:
-            tables.workload_cgroups.append((workload.identity, workload.cgroup))
     tables.identity_flags = flags
-
-    for service in policy.services:
-        backends = tuple((b.address.packed, b.port, b.weight) for b in service.backends)
-        tables.services.append(
-            (
-                service.identity,
-                service.name,
-                service.vip.version,
-                int(service.protocol),
-                service.port,
-                service.vip.packed,
-                backends,
-            )
-        )
+    tables.workloads = policy.workloads
+    tables.services = policy.services
+    tables.rule_origins = {rule.id: rule.origin for rule in policy.rules if rule.origin}
 
     shape = PolicyShape(
         source_name=policy.source_name,
@@ -383,10 +313,3 @@ def _rule_line(rule: Rule) -> RuleLine:
 def _setting_line(policy: Policy, key: str) -> int | None:
     origin = policy.settings_origin.get(key)
     return origin.line if origin else None
-
-
-def network_of(prefix: Prefix):
-    family, length, value = prefix
-    if family == 4:
-        return ipaddress.IPv4Network((value, length))
-    return ipaddress.IPv6Network((value, length))

@@ -3,34 +3,46 @@
 Names are gone: workloads and services are identities (small integers), rules
 are numbered in source order, addresses are `ipaddress` networks, ports are
 ranges. Each rule and declaration keeps a `SourceRef` so that a verdict taken
-in the kernel can be traced back to the line that decided it.
+in the kernel can be traced back to the line that decided it. The parties
+(workloads, services) are the datapath's own types: the runtime consumes the
+same values.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass, field
-from typing import Union
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+from ebmesh.datapath.parties import (
+    NO_IDENTITY,
+    Backend,
+    IPAddress,
+    IPNetwork,
+    Protocol,
+    Service,
+    SourceRef,
+    Workload,
+)
 
-# Identity 0 is "no workload": a peer known only by its address, or a local
-# process that belongs to no workload. Workloads are numbered from 1 in
-# declaration order, services after them.
-NO_IDENTITY = 0
-
-
-class Protocol(enum.IntEnum):
-    """IP protocol numbers, as the kernel sees them."""
-
-    TCP = 6
-    UDP = 17
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
+__all__ = [
+    "ALL_PORTS",
+    "NO_IDENTITY",
+    "Action",
+    "AddressMatch",
+    "Backend",
+    "IPAddress",
+    "IPNetwork",
+    "Mode",
+    "Policy",
+    "PortMatch",
+    "Protocol",
+    "Rule",
+    "Selector",
+    "Service",
+    "SourceRef",
+    "Verdict",
+    "Workload",
+]
 
 
 class Action(enum.Enum):
@@ -46,53 +58,6 @@ class Verdict(enum.IntEnum):
 class Mode(enum.Enum):
     ENFORCE = "enforce"
     AUDIT = "audit"
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """Where something was written: file, 1-based line and column, and the line's text."""
-
-    file: str
-    line: int
-    column: int = 1
-    text: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
-
-
-@dataclass(frozen=True)
-class Workload:
-    identity: int
-    name: str
-    cgroup: str | None  # relative to the attach cgroup; None: not local
-    prefixes: tuple[IPNetwork, ...]
-    spiffe_id: str
-    mtls_required: bool
-    source: SourceRef | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.cgroup is not None
-
-
-@dataclass(frozen=True)
-class Backend:
-    address: IPAddress
-    port: int
-    weight: int
-    source: SourceRef | None = None
-
-
-@dataclass(frozen=True)
-class Service:
-    identity: int
-    name: str
-    vip: IPAddress
-    port: int
-    protocol: Protocol
-    backends: tuple[Backend, ...]
-    source: SourceRef | None = None
 
 
 @dataclass(frozen=True)
@@ -156,14 +121,3 @@ class Policy:
     rules: tuple[Rule, ...]
     source_name: str = "<policy>"
     settings_origin: dict[str, SourceRef] = field(default_factory=dict, compare=False, hash=False)
-
-    def identity_name(self, identity: int) -> str:
-        if identity == NO_IDENTITY:
-            return "-"
-        for item in (*self.workloads, *self.services):
-            if item.identity == identity:
-                return item.name
-        return f"#{identity}"
-
-    def rule(self, rule_id: int) -> Rule:
-        return self.rules[rule_id - 1]

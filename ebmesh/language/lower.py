@@ -23,7 +23,7 @@ class _Lowering:
         if span is None:
             return None
         text = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else ""
-        return model.SourceRef(self.tree.filename, span.line, span.column, text)
+        return model.SourceRef(self.tree.filename, span.line, span.column, text.strip())
 
     def policy(self) -> model.Policy:
         mesh = self.tree.mesh

@@ -12,12 +12,14 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from ebmesh.datapath import abi
+from ebmesh.datapath.image import DatapathImage
+from ebmesh.datapath.programs import HOOK_PROGRAMS
 from ebmesh.errors import AttachError
-from ebmesh.loader import BpfLink, RingBuffer, ensure_bpffs
-from ebmesh.runtime import abi, cgroups
+from ebmesh.loader import BpfLink, RingBuffer
+from ebmesh.runtime import cgroups
 from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
-from ebmesh.runtime.image import DatapathImage
-from ebmesh.runtime.instance import HOOK_PROGRAMS, LoadedImage, load_image
+from ebmesh.runtime.instance import LoadedImage, load_image
 
 
 class Attachment:
@@ -41,7 +43,6 @@ class Attachment:
         self._loaded: LoadedImage | None = None
         workload_cgroups = self._resolve_workload_cgroups(image)
 
-        ensure_bpffs()
         self._loaded = self._load(image, workload_cgroups)
         self._image, self.workload_cgroups = image, workload_cgroups
         try:
@@ -53,12 +54,12 @@ class Attachment:
 
     def _resolve_workload_cgroups(self, image: DatapathImage) -> dict[int, Path]:
         resolved, missing = {}, []
-        for identity, relative in image.workload_cgroups:
-            path = self.cgroup / relative
+        for workload in image.local_workloads:
+            path = self.cgroup / workload.cgroup
             if (path / "cgroup.procs").exists():
-                resolved[identity] = path
+                resolved[workload.identity] = path
             else:
-                missing.append(f"{image.naming.identity(identity)} ({path})")
+                missing.append(f"{workload.name} ({path})")
         if missing:
             raise AttachError(
                 "workload cgroups missing below "
@@ -162,9 +163,7 @@ class Attachment:
                 d, a = packer.unpack(value[: packer.size])
                 decided += d
                 audited += a
-            result[rule_id] = RuleCount(
-                rule_id, self._image.naming.rules.get(rule_id), decided, audited
-            )
+            result[rule_id] = RuleCount(rule_id, self._image.naming.rule(rule_id), decided, audited)
         return result
 
     # ---- services -------------------------------------------------------------------

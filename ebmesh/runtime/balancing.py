@@ -1,16 +1,10 @@
-"""Services' backends in the kernel: alias tables, and changing them live.
-
-A service's backends of nonzero weight become the slots of an alias table
-(Walker; Vose's construction in exact integers): the datapath draws a slot
-uniformly and keeps its primary with probability threshold / 2**32, else
-takes its alias. Every backend is then chosen with probability
-weight / sum(weights) to within 2**-32, in O(1) whatever their number.
+"""Services' backends in the kernel: their alias tables, and changing them live.
 
 Each service has two slot tables (generations). A change writes the idle
 one, then flips the service's entry in one map update: a connect in flight
 reads either table whole. Backend ids are never reused while a free one has
 not waited its turn, so a reader holding an old table never lands on a
-stranger.
+stranger. (The alias tables themselves: ebmesh.datapath.services.)
 """
 
 from __future__ import annotations
@@ -20,68 +14,21 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ebmesh.datapath import abi
+from ebmesh.datapath.limits import MAX_WEIGHT
+from ebmesh.datapath.parties import IPAddress, Service, endpoint_text
+from ebmesh.datapath.services import alias_table, service_key
 from ebmesh.errors import EbmeshError
 from ebmesh.loader import possible_cpus
-from ebmesh.runtime import abi
 
-MAX_WEIGHT = 65535
-_U32 = 1 << 32
+Endpoint = tuple[IPAddress, int]
 
 
 class ServiceUpdateError(EbmeshError):
     """A change of backends that cannot be made (unknown service, wrong family, no room)."""
 
 
-@dataclass(frozen=True)
-class ServiceSpec:
-    """A service as the runtime needs it: numbers and packed addresses."""
-
-    identity: int
-    name: str
-    family: int  # 4 | 6
-    protocol: int  # 6 | 17
-    port: int
-    vip: bytes  # packed
-    backends: tuple[tuple[bytes, int, int], ...]  # (packed address, port, weight)
-
-    @property
-    def key(self) -> bytes:
-        return abi.ServiceKey.packer().pack(
-            self.family,
-            self.protocol,
-            abi.network_order_port(self.port),
-            *abi.address_words(self.vip),
-        )
-
-
-def alias_table(weights: list[int]) -> list[tuple[int, int, int]]:
-    """(primary, alias, threshold) per slot for positive integer `weights`.
-
-    Slot i keeps backend i with probability threshold / 2**32, else takes
-    backend alias. Built in exact integers: a slot's capacity is sum(weights),
-    backend i brings weights[i] * n of it.
-    """
-    count, total = len(weights), sum(weights)
-    share = [weight * count for weight in weights]
-    kept = [total] * count
-    alias = list(range(count))
-    small = [i for i, s in enumerate(share) if s < total]
-    large = [i for i, s in enumerate(share) if s >= total]
-    while small and large:
-        under, over = small.pop(), large.pop()
-        kept[under], alias[under] = share[under], over
-        share[over] -= total - share[under]
-        (small if share[over] < total else large).append(over)
-    slots = []
-    for i in range(count):
-        if kept[i] >= total:
-            slots.append((i, i, _U32 - 1))
-        else:
-            slots.append((i, alias[i], kept[i] * _U32 // total))
-    return slots
-
-
-def parse_backend(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+def parse_backend(text: str) -> Endpoint:
     """`10.0.2.10:8080` or `[fd00::1]:8080`."""
     host, separator, port = text.rpartition(":")
     if not separator or not port.isdigit():
@@ -99,17 +46,17 @@ def parse_backend(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addr
 
 @dataclass
 class _ServiceState:
-    spec: ServiceSpec
+    service: Service
     generation: int = 0
     slot_counts: list[int] = field(default_factory=lambda: [0, 0])  # per generation
-    ids: dict[tuple[bytes, int], int] = field(default_factory=dict)  # (address, port) -> backend id
-    weights: dict[tuple[bytes, int], int] = field(default_factory=dict)
+    ids: dict[Endpoint, int] = field(default_factory=dict)  # backend -> backend id
+    weights: dict[Endpoint, int] = field(default_factory=dict)
 
 
 class Balancer:
     """Writes services, backends and slot tables into one loaded object's maps."""
 
-    def __init__(self, maps, services: tuple[ServiceSpec, ...], capacity: int):
+    def __init__(self, maps, services: tuple[Service, ...], capacity: int):
         self._services_map = maps["services"]
         self._backends = maps["backends"]
         self._slots = maps["backend_slots"]
@@ -117,12 +64,12 @@ class Balancer:
         self.capacity = capacity
         self._free: deque[int] = deque(range(capacity))
         self._state: dict[str, _ServiceState] = {}
-        for spec in services:
-            state = self._state[spec.name] = _ServiceState(spec, generation=1)
-            self._install(state, list(spec.backends))
+        for service in services:
+            state = self._state[service.name] = _ServiceState(service, generation=1)
+            self._install(state, [((b.address, b.port), b.weight) for b in service.backends])
 
     @staticmethod
-    def capacity_for(services: tuple[ServiceSpec, ...]) -> int:
+    def capacity_for(services: tuple[Service, ...]) -> int:
         """Room for every declared backend four times over, and 1,024 more for live changes."""
         return 4 * sum(len(s.backends) for s in services) + 1024
 
@@ -131,95 +78,93 @@ class Balancer:
         if state is None:
             known = ", ".join(self._state) or "none"
             raise ServiceUpdateError(f"no service named {service!r} (services: {known})")
-        wanted, seen = [], set()
+        wanted: list[tuple[Endpoint, int]] = []
+        seen: set[Endpoint] = set()
         for text, weight in backends.items():
-            address, port = parse_backend(text)
-            if (address, port) in seen:  # [::1]:80 and [0::1]:80 are one backend
+            endpoint = parse_backend(text)
+            if endpoint in seen:  # [::1]:80 and [0::1]:80 are one backend
                 raise ServiceUpdateError(f"backend {text} is given twice")
-            seen.add((address, port))
-            if address.version != state.spec.family:
+            seen.add(endpoint)
+            if endpoint[0].version != state.service.family:
                 raise ServiceUpdateError(
-                    f"backend {text} is IPv{address.version}, service {service} is IPv{state.spec.family}"
+                    f"backend {text} is IPv{endpoint[0].version}, service {service} is "
+                    f"IPv{state.service.family}"
                 )
             if not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
                 raise ServiceUpdateError(
                     f"backend {text}: weight {weight!r} is outside 0-{MAX_WEIGHT}"
                 )
-            wanted.append((address.packed, port, weight))
+            wanted.append((endpoint, weight))
         self._install(state, wanted)
 
-    def _install(self, state: _ServiceState, backends: list[tuple[bytes, int, int]]) -> None:
-        spec = state.spec
-        new_keys = {(address, port) for address, port, _ in backends}
+    def _install(self, state: _ServiceState, backends: list[tuple[Endpoint, int]]) -> None:
+        service = state.service
+        new_keys = {endpoint for endpoint, _ in backends}
         needed = len(new_keys - set(state.ids))
         if needed > len(self._free):
             raise ServiceUpdateError(
-                f"service {spec.name}: no room for {needed} more backends "
+                f"service {service.name}: no room for {needed} more backends "
                 f"(capacity {self.capacity}; attach with a larger backend_capacity)"
             )
 
-        backend_packer = abi.Backend.packer()
-        for address, port, weight in backends:
-            key = (address, port)
-            if key not in state.ids:
-                state.ids[key] = backend_id = self._free.popleft()
+        for endpoint, weight in backends:
+            if endpoint not in state.ids:
+                state.ids[endpoint] = backend_id = self._free.popleft()
                 self._counters.update_percpu(_index(backend_id), [bytes(8)] * possible_cpus())
-            state.weights[key] = weight
-            self._backends.update(
-                _index(state.ids[key]),
-                backend_packer.pack(
-                    *abi.address_words(address),
-                    abi.network_order_port(port),
-                    spec.family,
-                    abi.BACKEND_LIVE,
-                    spec.identity,
-                ),
-            )
+            state.weights[endpoint] = weight
+            self._write_backend(state.ids[endpoint], endpoint, service, live=True)
 
-        usable = [(state.ids[(a, p)], w) for a, p, w in backends if w > 0]
+        usable = [(state.ids[endpoint], w) for endpoint, w in backends if w > 0]
         generation = 1 - state.generation
         slot_key, slot_value = abi.SlotKey.packer(), abi.BackendSlot.packer()
         table = alias_table([w for _, w in usable]) if usable else []
         for slot, (primary, alias, threshold) in enumerate(table):
             self._slots.update(
-                slot_key.pack(spec.identity, generation, slot),
+                slot_key.pack(service.identity, generation, slot),
                 slot_value.pack(usable[primary][0], usable[alias][0], threshold, 0),
             )
         self._services_map.update(
-            spec.key, abi.ServiceInfo.packer().pack(spec.identity, 0, generation, len(table))
+            service_key(service),
+            abi.ServiceInfo.packer().pack(service.identity, 0, generation, len(table)),
         )
-        for slot in range(
-            len(table), state.slot_counts[generation]
-        ):  # beyond the live count: unreachable
-            self._slots.delete(slot_key.pack(spec.identity, generation, slot))
+        # Slots beyond the live count are unreachable: delete what the older table left.
+        for slot in range(len(table), state.slot_counts[generation]):
+            self._slots.delete(slot_key.pack(service.identity, generation, slot))
         state.generation = generation
         state.slot_counts[generation] = len(table)
 
-        for key in list(state.ids):  # gone from the service: retire after the flip
-            if key not in new_keys:
-                backend_id = state.ids.pop(key)
-                state.weights.pop(key, None)
-                address, port = key
-                self._backends.update(
-                    _index(backend_id),
-                    backend_packer.pack(
-                        *abi.address_words(address), abi.network_order_port(port), spec.family, 0, 0
-                    ),
-                )
+        for endpoint in list(state.ids):  # gone from the service: retire after the flip
+            if endpoint not in new_keys:
+                backend_id = state.ids.pop(endpoint)
+                state.weights.pop(endpoint, None)
+                self._write_backend(backend_id, endpoint, service, live=False)
                 self._free.append(backend_id)
+
+    def _write_backend(self, backend_id: int, endpoint: Endpoint, service: Service, live: bool):
+        address, port = endpoint
+        self._backends.update(
+            _index(backend_id),
+            abi.Backend.packer().pack(
+                *abi.address_words(address.packed),
+                abi.network_order_port(port),
+                service.family,
+                abi.BACKEND_LIVE if live else 0,
+                service.identity if live else 0,
+            ),
+        )
 
     def backends(self, service: str) -> dict[str, int]:
         """The service's backends and weights, as set."""
-        return {backend_text(a, p): w for (a, p), w in self._state[service].weights.items()}
+        return {endpoint_text(*e): w for e, w in self._state[service].weights.items()}
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per service, per current backend: connections (TCP) or sockets (UDP) sent to it."""
         result = {}
         for name, state in self._state.items():
             per_backend = {}
-            for (address, port), backend_id in state.ids.items():
+            for endpoint, backend_id in state.ids.items():
                 values = self._counters.lookup_percpu(_index(backend_id)) or []
-                per_backend[backend_text(address, port)] = sum(
+                per_backend[endpoint_text(*endpoint)] = sum(
                     int.from_bytes(v[:8], "little") for v in values
                 )
             result[name] = per_backend
@@ -228,9 +173,3 @@ class Balancer:
 
 def _index(number: int) -> bytes:
     return number.to_bytes(4, "little")
-
-
-def backend_text(address: bytes, port: int) -> str:
-    """`10.0.2.10:8080` or `[fd00::1]:8080` for a packed address."""
-    host = ipaddress.ip_address(address)
-    return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"

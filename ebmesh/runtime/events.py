@@ -6,21 +6,11 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-from ebmesh.runtime import abi
-from ebmesh.runtime.image import Naming, RuleOrigin
+from ebmesh.datapath import abi
+from ebmesh.datapath.naming import Naming
+from ebmesh.datapath.parties import SourceRef
 
 _PROTOCOLS = {6: "tcp", 17: "udp"}
-
-
-def address_from_words(family: int, words) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
-    if family == abi.FAMILY_IPV4:
-        return ipaddress.IPv4Address(raw[:4])
-    return ipaddress.IPv6Address(raw)
-
-
-def words_from_address(address) -> tuple[int, int, int, int]:
-    return abi.address_words(address.packed)
 
 
 @dataclass(frozen=True)
@@ -40,9 +30,9 @@ class VerdictEvent:
     dst_address: ipaddress.IPv4Address | ipaddress.IPv6Address
     dst_port: int
     rule_id: int  # 0: the default decided
-    rule: RuleOrigin | None
+    rule: SourceRef | None
     audit_rule_id: int
-    audit_rule: RuleOrigin | None
+    audit_rule: SourceRef | None
     would_deny: bool  # mode audit let a denial through
     needs_mtls: bool
     cgroup_id: int
@@ -102,22 +92,22 @@ def decode_event(record: bytes, naming: Naming) -> VerdictEvent:
         direction="ingress" if flow.direction == abi.DIRECTION_INGRESS else "egress",
         verdict="allow" if decision.verdict == abi.VERDICT_ALLOW else "deny",
         protocol=_PROTOCOLS.get(flow.protocol, str(flow.protocol)),
-        src_name=naming.identity(flow.src_identity),
+        src_name=naming.name_of(flow.src_identity),
         src_identity=flow.src_identity,
-        src_address=address_from_words(flow.family, flow.src_addr) if src_known else None,
+        src_address=abi.address_from_words(flow.family, flow.src_addr) if src_known else None,
         src_port=flow.src_port,
-        dst_name=naming.identity(flow.dst_identity),
+        dst_name=naming.name_of(flow.dst_identity),
         dst_identity=flow.dst_identity,
-        dst_address=address_from_words(flow.family, flow.dst_addr),
+        dst_address=abi.address_from_words(flow.family, flow.dst_addr),
         dst_port=flow.dst_port,
         rule_id=decision.rule,
-        rule=naming.rules.get(decision.rule),
+        rule=naming.rule(decision.rule),
         audit_rule_id=decision.audit_rule,
-        audit_rule=naming.rules.get(decision.audit_rule),
+        audit_rule=naming.rule(decision.audit_rule),
         would_deny=bool(decision.flags & abi.DECISION_WOULD_DENY),
         needs_mtls=bool(decision.flags & abi.DECISION_NEEDS_MTLS),
         cgroup_id=event.cgroup_id,
-        backend_address=address_from_words(flow.family, event.backend_addr)
+        backend_address=abi.address_from_words(flow.family, event.backend_addr)
         if event.backend_port
         else None,
         backend_port=event.backend_port,
@@ -131,6 +121,6 @@ class RuleCount:
     """How often a rule decided a verdict, and matched as an audit rule."""
 
     rule_id: int  # 0: the default
-    rule: RuleOrigin | None
+    rule: SourceRef | None
     decided: int
     audited: int

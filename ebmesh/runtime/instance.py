@@ -4,26 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ebmesh.datapath import abi
+from ebmesh.datapath.image import DatapathImage
 from ebmesh.loader import BpfObject
-from ebmesh.runtime import abi
 from ebmesh.runtime.balancing import Balancer
-from ebmesh.runtime.image import DatapathImage
-
-# Hook programs, in the order they are attached: the recorder of senders
-# first, so that ingress never sees a flow its sender's egress missed.
-HOOK_PROGRAMS = (
-    "ebmesh_egress",
-    "ebmesh_ingress",
-    "ebmesh_getpeername4",
-    "ebmesh_getpeername6",
-    "ebmesh_recvmsg4",
-    "ebmesh_recvmsg6",
-    "ebmesh_connect4",
-    "ebmesh_connect6",
-    "ebmesh_sendmsg4",
-    "ebmesh_sendmsg6",
-)
-EVALUATE_PROGRAM = "ebmesh_evaluate"
 
 EVENT_LEVELS = {"none": abi.EVENTS_NONE, "denied": abi.EVENTS_DENIED, "all": abi.EVENTS_ALL}
 
@@ -59,7 +43,7 @@ def load_image(
         for name, contents in image.maps.items():
             bpf.maps[name].set_max_entries(contents.max_entries)
         bpf.maps["rule_counters"].set_max_entries(image.rule_count + 1)
-        bpf.maps["cgroup_workloads"].set_max_entries(max(1, len(image.workload_cgroups)))
+        bpf.maps["cgroup_workloads"].set_max_entries(max(1, len(image.local_workloads)))
         capacity = backend_capacity or Balancer.capacity_for(image.services)
         bpf.maps["services"].set_max_entries(max(1, len(image.services)))
         bpf.maps["backends"].set_max_entries(capacity)

@@ -20,11 +20,13 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 import ebmesh
-from ebmesh.ir.lowering import MAX_PREFIX_NESTING, lower
+from ebmesh.datapath import abi
+from ebmesh.datapath.limits import MAX_PREFIX_NESTING
+from ebmesh.datapath.programs import EVALUATE_PROGRAM, HOOK_PROGRAMS
+from ebmesh.ir.lowering import lower
 from ebmesh.language import load
 from ebmesh.language.lower import lower_to_ir
-from ebmesh.runtime import abi
-from ebmesh.runtime.instance import EVALUATE_PROGRAM, HOOK_PROGRAMS, load_image
+from ebmesh.runtime.instance import load_image
 from ebmesh.toolchain.btf import BtfKind, Linkage
 from ebmesh.toolchain.clang import find_clang
 from ebmesh.toolchain.inspect import AttachType, MapType, ProgType, RelocationKind

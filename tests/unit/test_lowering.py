@@ -3,7 +3,7 @@
 No kernel and no clang: every test here builds IR or parses policy text and
 looks at the tables, checking them against brute force or a plain-Python
 copy of what the datapath does with them. The last part holds the reference
-evaluator (ebmesh/ir/reference.py) to the contract's example, with expected
+evaluator (tests/support/reference.py) to the contract's example, with expected
 verdicts worked out by hand from the contract's text.
 """
 
@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ebmesh
-from ebmesh.ir import reference
-from ebmesh.ir.lowering import MAX_PREFIX_NESTING, lower, network_of, prefix_of, subtract_prefixes
+from ebmesh.datapath import abi
+from ebmesh.datapath.limits import MAX_PREFIX_NESTING
+from ebmesh.errors import InternalError
+from ebmesh.ir.lowering import lower
 from ebmesh.ir.model import (
     ALL_PORTS,
     Action,
@@ -34,9 +36,10 @@ from ebmesh.ir.model import (
     Verdict,
     Workload,
 )
-from ebmesh.language import load
+from ebmesh.ir.prefixes import network_of, prefix_of, subtract_prefixes
+from ebmesh.language import load, parse
 from ebmesh.language.lower import lower_to_ir
-from ebmesh.runtime import abi
+from tests.support import reference
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop.mesh"
@@ -523,10 +526,34 @@ def test_nesting_limit():
 
     shape, _ = lower(lower_to_ir(load(nested(MAX_PREFIX_NESTING))))
     assert shape.max_dst_prefix_nesting == MAX_PREFIX_NESTING
+    # One too many is the policy's mistake, found where the language is checked...
     with pytest.raises(ebmesh.PolicyError, match="cannot be enforced") as raised:
-        lower(lower_to_ir(load(nested(MAX_PREFIX_NESTING + 1))))
-    # Located at the rule whose prefix is one too many.
+        load(nested(MAX_PREFIX_NESTING + 1))
+    # ... located at the rule whose prefix is one too many.
     assert raised.value.diagnostics[0].location.line == MAX_PREFIX_NESTING + 2
+    # Below the checks, such a policy can only come from a bug in ebmesh.
+    with pytest.raises(InternalError, match="nest"):
+        lower(lower_to_ir(parse(nested(MAX_PREFIX_NESTING + 1))))
+
+
+def test_nesting_counts_the_pieces_an_except_leaves():
+    """10.0.0.0/8 except 10.0.0.0/24 is not one prefix but the disjoint pieces it leaves, /9 to
+    /24: one deep. Its piece 10.128.0.0/9 and 15 CIDRs inside it are 16 deep, not 17."""
+    cut = "allow any -> 10.0.0.0/8 except 10.0.0.0/24"
+    load(f"mesh t {{\n{cut}\n}}\n")
+    rules = [f"allow any -> 10.128.0.0/{10 + i}" for i in range(MAX_PREFIX_NESTING - 1)]
+    ok = "\n".join([cut, *rules])
+    shape, _ = lower(lower_to_ir(load(f"mesh t {{\n{ok}\n}}\n")))
+    assert shape.max_dst_prefix_nesting == MAX_PREFIX_NESTING
+    one_more = "\n".join([cut, *rules, "allow any -> 10.128.0.1"])
+    with pytest.raises(ebmesh.PolicyError, match=f"{MAX_PREFIX_NESTING + 1} destination"):
+        load(f"mesh t {{\n{one_more}\n}}\n")
+    # Many lengths, but side by side rather than nested: nothing to refuse.
+    apart = "\n".join(f"allow any -> {20 + i}.0.0.0/{8 + i}" for i in range(MAX_PREFIX_NESTING + 8))
+    assert lower(lower_to_ir(load(f"mesh t {{\n{apart}\n}}\n")))[0].max_dst_prefix_nesting == 1
+    sources = "\n".join(f"allow 10.0.0.0/{8 + i} -> any" for i in range(MAX_PREFIX_NESTING + 1))
+    with pytest.raises(ebmesh.PolicyError, match=f"{MAX_PREFIX_NESTING + 1} source"):
+        load(f"mesh t {{\n{sources}\n}}\n")
 
 
 # ---- the reference evaluator on the contract's example ---------------------------------

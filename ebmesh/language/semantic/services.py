@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ebmesh.datapath.limits import MAX_WEIGHT
 from ebmesh.language.ast import Backend, Mesh, Service, Span
 from ebmesh.language.semantic.report import Report, first_on, line_of
-from ebmesh.runtime.balancing import MAX_WEIGHT  # what the datapath's alias tables take
 
 
 def check_services(mesh: Mesh, report: Report) -> None:

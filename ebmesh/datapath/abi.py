@@ -9,6 +9,7 @@ formats derived from these classes, which is much faster than ctypes.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import struct
 from functools import cache
 
@@ -338,3 +339,11 @@ def address_words(packed: bytes) -> tuple[int, int, int, int]:
     """The four u32 words (as the little-endian CPU reads them) of a 4- or 16-byte address."""
     padded = packed.ljust(16, b"\0")
     return struct.unpack("<4I", padded)
+
+
+def address_from_words(family: int, words) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address held in four u32 words (as `address_words` makes them)."""
+    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+    if family == FAMILY_IPV4:
+        return ipaddress.IPv4Address(raw[:4])
+    return ipaddress.IPv6Address(raw)

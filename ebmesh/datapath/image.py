@@ -1,0 +1,59 @@
+"""A built policy as the runtime consumes it: the object, its maps' contents, its parties."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ebmesh.datapath.naming import Naming
+from ebmesh.datapath.parties import Service, Workload
+from ebmesh.datapath.tables import DatapathTables, PolicyShape
+
+
+@dataclass(frozen=True)
+class MapContents:
+    """Packed keys and values for one map, ready for a batch update."""
+
+    keys: bytes
+    values: bytes
+    count: int
+    max_entries: int
+
+
+@dataclass(frozen=True)
+class DatapathImage:
+    """A built object, the contents of its maps, and the parties it names."""
+
+    object_bytes: bytes
+    maps: Mapping[str, MapContents]
+    shape: PolicyShape
+    rule_count: int
+    v4_prefix_lengths: tuple[int, ...]  # ascending
+    v6_prefix_lengths: tuple[int, ...]
+    workloads: tuple[Workload, ...]
+    services: tuple[Service, ...]
+    naming: Naming
+
+    @classmethod
+    def assemble(
+        cls,
+        object_bytes: bytes,
+        maps: Mapping[str, MapContents],
+        shape: PolicyShape,
+        tables: DatapathTables,
+    ) -> DatapathImage:
+        return cls(
+            object_bytes=object_bytes,
+            maps=maps,
+            shape=shape,
+            rule_count=tables.rule_count,
+            v4_prefix_lengths=tables.v4_lengths,
+            v6_prefix_lengths=tables.v6_lengths,
+            workloads=tables.workloads,
+            services=tables.services,
+            naming=Naming(tables.workloads, tables.services, tables.rule_origins),
+        )
+
+    @property
+    def local_workloads(self) -> tuple[Workload, ...]:
+        return tuple(w for w in self.workloads if w.is_local)

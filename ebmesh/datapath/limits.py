@@ -1,0 +1,13 @@
+"""The datapath's limits, which the language checks enforce before anything is built."""
+
+# How many rule prefixes of one side may nest around a single address. The
+# datapath walks them all for a verdict, so the bound keeps verdicts cheap.
+MAX_PREFIX_NESTING = 16
+
+# A backend's weight: the alias tables' thresholds are exact in 32 bits for
+# any sum of this many backends' weights.
+MAX_WEIGHT = 65535
+
+# How deep below the attach cgroup a socket's cgroup may sit and still be told
+# apart (MAX_CGROUP_NESTING in bpf_src/identity.h; a test holds both equal).
+MAX_CGROUP_NESTING = 32
