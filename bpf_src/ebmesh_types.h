@@ -4,7 +4,7 @@
  *
  * Every struct here that crosses the user/kernel boundary (map keys and
  * values, events, the evaluate request) is mirrored field for field in
- * ebmesh/runtime/abi.py; a test compares both against this object's BTF.
+ * ebmesh/datapath/abi.py; a test compares both against this object's BTF.
  * Fields are ordered so that no struct has implicit padding.
  */
 #ifndef EBMESH_TYPES_H
