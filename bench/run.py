@@ -53,10 +53,6 @@ DENIED_PORT = 9999  # no rule allows client -> server 9999: the sanity check exp
 # Goals from the issue.
 RATIO_GOAL = 1.5  # per-connection BPF time at 100k rules / at 10 rules
 TIME_GOALS = {10_000: 3.0, 100_000: 20.0}  # cold compile+attach, seconds
-PARSER_WARNING = (
-    "  note: in this process the parser's fast path gives up at the end of every policy and "
-    "Lark re-parses it (parse_and_check about 2x slower); see bench/README.md"
-)
 WHAT_IF_BANNER = (
     "*** WHAT-IF run (--what-if-gc-paused): compiles ran with the cyclic GC paused from outside; "
     "these are NOT the numbers of ebmesh as it is. ***"
@@ -684,8 +680,6 @@ def print_report(results: dict) -> None:
             + "; ".join(m["busy_processes_at_end"])
         )
     print()
-    if results["toolchain"].get("parser_fast_path") is False:
-        print(PARSER_WARNING)
     rule_goals_met = all(c["met"] for checks in goals.values() for c in checks.values())
     print(
         "Rule-count goals: all met."
@@ -697,30 +691,6 @@ def print_report(results: dict) -> None:
 
 
 # ---- main ----------------------------------------------------------------------
-
-
-def _parser_fast_path_works() -> bool | None:
-    """Whether the language front-end's fast table parser (ebmesh/language/fast_parser.py)
-    parses a valid policy by itself in this process, rather than giving up and leaving it to
-    Lark's full parser (the same tree, about twice the time). Found to vary from one process
-    to the next; see bench/README.md. None if the internals moved."""
-    try:
-        from ebmesh.language.fast_parser import FastPathUnavailable
-        from ebmesh.language.grammar import grammar
-
-        compiled = grammar()
-        text = policy_gen.generate(10, "127.9.1.1", "127.9.2.1", seed=7).text
-        with compiled.lock:
-            compiled.builder.reset()
-            try:
-                compiled.table_parser.parse(text)
-                return True
-            except FastPathUnavailable:
-                return False
-            finally:
-                compiled.builder.reset()
-    except Exception:  # noqa: BLE001 - a diagnostic only
-        return None
 
 
 def _prepare_toolchain() -> tuple[Path, dict]:
@@ -741,7 +711,6 @@ def _prepare_toolchain() -> tuple[Path, dict]:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return scratch, {
-        "parser_fast_path": _parser_fast_path_works(),
         "vmlinux_h_s": vmlinux_s,
         "vmlinux_h_bytes": header.stat().st_size,
         "first_compile_in_process_s": first_compile_s,
@@ -884,8 +853,6 @@ def main(argv=None) -> int:
             f"  toolchain: vmlinux.h {toolchain['vmlinux_h_s']:.2f} s (once per kernel; pre-warmed in the "
             f"cold runs), first in-process compile {toolchain['first_compile_in_process_s']:.2f} s"
         )
-        if toolchain["parser_fast_path"] is False:
-            print(PARSER_WARNING)
         vmlinux_dir = Path(toolchain["vmlinux_dir"])
         # Each part removes what it attached and created before the next one starts.
         if runs:

@@ -4,8 +4,7 @@ One method per grammar rule or alias (grammar/ebmesh.lark); methods named like
 a terminal (NAME, CIDR, ...) convert that token when it is shifted. The
 grammar is used with keep_all_tokens=True and without placeholders, so each
 method receives exactly the symbols of the expansion that matched, tokens
-included. Tokens are Lark `Token`s or the fast parser's `Tok`s; only their
-`type`, `value` and position attributes are used.
+included. Only the tokens' `type`, `value` and position attributes are used.
 
 Malformed literals do not stop the parse: they are recorded in `problems`
 with a placeholder in the tree, so that one run reports all of them.
@@ -51,10 +50,6 @@ _named_peer = constructor(NamedPeer)
 _address_peer = constructor(AddressPeer)
 _port_range = constructor(PortRange)
 _rule = constructor(Rule)
-
-# Punctuation no builder method reads (`word` reads every keyword, so keywords
-# cannot be here): the fast parser passes None instead of making these tokens.
-UNUSED_TOKENS = frozenset({"ARROW", "COMMA", "LBRACE", "COLON", "SLASH", "LSQB"})
 
 # Stands in for a malformed address so the parse can go on; never reaches a
 # caller, because a recorded problem makes parse() raise.
