@@ -334,7 +334,8 @@ SAMPLES = [
 
 
 @pytest.mark.parametrize("text", SAMPLES)
-def test_built_trees_are_valid_pydantic_models(text):
+def test_built_trees_validate_against_the_declared_types(text):
+    """The builder makes dataclass nodes unvalidated (ast.py): pydantic checks every one here."""
     tree = parse(text)
     assert PolicyFile.model_validate(tree.model_dump()) == tree
 
