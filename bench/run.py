@@ -40,7 +40,6 @@ import balancing  # noqa: E402
 import policy_gen  # noqa: E402
 
 import ebmesh  # noqa: E402
-from ebmesh.language.gc_pause import cyclic_gc_paused  # noqa: E402
 from ebmesh.loader import BpfMap, BpfObject, enable_run_time_stats, program_info  # noqa: E402
 from ebmesh.runtime.cgroups import cgroup2_mount  # noqa: E402
 from ebmesh.sandbox import Agent, throwaway_cgroup  # noqa: E402
@@ -53,10 +52,6 @@ DENIED_PORT = 9999  # no rule allows client -> server 9999: the sanity check exp
 # Goals from the issue.
 RATIO_GOAL = 1.5  # per-connection BPF time at 100k rules / at 10 rules
 TIME_GOALS = {10_000: 3.0, 100_000: 20.0}  # cold compile+attach, seconds
-WHAT_IF_BANNER = (
-    "*** WHAT-IF run (--what-if-gc-paused): compiles ran with the cyclic GC paused from outside; "
-    "these are NOT the numbers of ebmesh as it is. ***"
-)
 DECISION_PROGRAMS = ("ebmesh_connect4", "ebmesh_ingress")
 
 
@@ -253,15 +248,13 @@ class SizeRun:
     rounds: list = field(default_factory=list)
 
 
-def _compile_and_attach(run: SizeRun, events: str, gc_paused: bool = False) -> tuple[object, dict]:
+def _compile_and_attach(run: SizeRun, events: str) -> tuple[object, dict]:
     """compile(text) through attach() returning, with its phases. Returns (attachment, record)."""
     gc.collect()  # every measurement starts with no garbage pending
     breakdown: dict = {}
     with GcWatch() as watch:
         started = time.perf_counter()
-        # --what-if-gc-paused: the proposed fix, simulated from outside (ebmesh is unchanged).
-        with cyclic_gc_paused() if gc_paused else contextlib.nullcontext():
-            compiled = ebmesh.compile(run.policy.text)
+        compiled = ebmesh.compile(run.policy.text)
         compiled_at = time.perf_counter()
         with attach_breakdown(breakdown):
             attachment = compiled.attach(_safe_attach_target(run.root), events=events)
@@ -347,7 +340,7 @@ def prepare_size(run: SizeRun, stack: contextlib.ExitStack, args, vmlinux_dir: P
         try:
             shutil.copytree(vmlinux_dir, cache / "vmlinux")
             with cache_dir(cache):
-                attachment, record = _compile_and_attach(run, args.events, args.what_if_gc_paused)
+                attachment, record = _compile_and_attach(run, args.events)
                 try:
                     if record["cache_hit"]:
                         raise RuntimeError(
@@ -364,9 +357,7 @@ def prepare_size(run: SizeRun, stack: contextlib.ExitStack, args, vmlinux_dir: P
                 if repeat == args.compile_repeats - 1:
                     print(" s; warm:", end="", flush=True)
                     for warm_repeat in range(args.compile_repeats):
-                        attachment, record = _compile_and_attach(
-                            run, args.events, args.what_if_gc_paused
-                        )
+                        attachment, record = _compile_and_attach(run, args.events)
                         if not record["cache_hit"]:
                             attachment.detach()
                             raise RuntimeError(
@@ -554,7 +545,6 @@ def build_results(runs: list[SizeRun], args, machine: dict, toolchain: dict) -> 
             "warmup_connects": args.warmup,
             "events": args.events,
             "seed": args.seed,
-            "what_if_gc_paused": args.what_if_gc_paused,
             "pinned_cpus_client_server": args.pin,
             "compile_repeats": args.compile_repeats,
             "parts": sorted(args.parts),
@@ -576,8 +566,6 @@ def print_report(results: dict) -> None:
     goals = results["goals"]
     m = results["machine"]
     print()
-    if results["settings"]["what_if_gc_paused"]:
-        print(WHAT_IF_BANNER)
     print(
         f"ebmesh benchmark — kernel {m['kernel']}, {m['clang']}, {m['cpus']} CPUs ({m['cpu_model']}), "
         f"load avg {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}"
@@ -686,8 +674,6 @@ def print_report(results: dict) -> None:
         if rule_goals_met
         else "Rule-count goals: some NOT met (see 'goal met?')."
     )
-    if results["settings"]["what_if_gc_paused"]:
-        print(WHAT_IF_BANNER)
 
 
 # ---- main ----------------------------------------------------------------------
@@ -741,13 +727,6 @@ def _parse_args(argv):
         "--compile-repeats",
         type=int,
         help="cold (and warm) compile+attach runs per size; the median is reported (default 3)",
-    )
-    parser.add_argument(
-        "--what-if-gc-paused",
-        action="store_true",
-        help="WHAT-IF, not the product as it is: run each compile inside "
-        "ebmesh.language.gc_pause.cyclic_gc_paused(), as if ebmesh.compile paused the "
-        "cyclic GC for its whole pipeline (writes bench/results/what-if-gc-paused.json)",
     )
     parser.add_argument(
         "--pin",
@@ -810,8 +789,6 @@ def _parse_args(argv):
     for name, value in defaults.items():  # explicit options win over --quick
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.what_if_gc_paused and args.output == HERE / "results" / "latest.json":
-        args.output = HERE / "results" / "what-if-gc-paused.json"
     return args
 
 
@@ -833,8 +810,6 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     machine = _machine()
     busy = _busiest_other_processes()
-    if args.what_if_gc_paused:
-        print(WHAT_IF_BANNER)
     if "rules" in args.parts:
         print(
             f"ebmesh benchmark: sizes {args.sizes}, {args.rounds} rounds x {args.connects} connects"

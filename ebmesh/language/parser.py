@@ -4,6 +4,9 @@ One parse, by Lark's LALR parser: the builder makes the tree during it
 (builder.py), and at a syntax error Lark calls the reporter, which records it
 and recovers so that the parse goes on (syntax_errors.py). A policy without
 errors never enters the reporter.
+
+`parse` does not pause the cyclic garbage collector; `load` and
+`ebmesh.compile` do, once per call (gc_pause.py).
 """
 
 from __future__ import annotations
