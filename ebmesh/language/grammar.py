@@ -8,6 +8,7 @@ from functools import cache
 from lark import Lark
 
 from ebmesh.language.builder import AstBuilder
+from ebmesh.language.skipping import Skipper
 from ebmesh.resources import grammar_path
 
 # Every keyword, by terminal name. A keyword is never a name.
@@ -47,7 +48,7 @@ PUNCTUATION: dict[str, str] = {
 
 
 class Grammar:
-    """The Lark parser and the builder it calls at each reduction.
+    """The Lark parser, the builder it calls at each reduction, and the skipper of error recovery.
 
     The builder collects per-parse problems, so one parse at a time may use
     it: hold `lock` from reset to result.
@@ -64,6 +65,7 @@ class Grammar:
             maybe_placeholders=False,
             transformer=self.builder,
         )
+        self.skipper = Skipper(self.lark)
 
 
 @cache

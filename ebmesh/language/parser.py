@@ -28,7 +28,7 @@ def parse(text: str, filename: str = "<policy>") -> PolicyFile:
     with compiled.lock:
         compiled.builder.reset()
         try:
-            reporter = SyntaxErrorReporter(source, compiled.lark)
+            reporter = SyntaxErrorReporter(source, compiled)
             mesh = reporter.parse()
             diagnostics = reporter.diagnostics + [
                 _literal_diagnostic(source, problem) for problem in compiled.builder.problems
