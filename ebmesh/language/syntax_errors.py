@@ -11,7 +11,8 @@ diagnostic, then tries, in order, on a copy of the parser state:
    pop the parser's stack until a state accepts it.
 
 The work grows with the input's length, whatever it holds. After
-MAX_SYNTAX_ERRORS errors the parse stops. A skip searches the text rather than lexing every token
+MAX_SYNTAX_ERRORS errors the parse stops (parser.py then says so, at the
+next one). A skip searches the text rather than lexing every token
 (skipping.py), and only for a sync token that some open construct can take
 followed by a token that may come after it there: after the mesh's last `}`,
 only `mesh NAME`. So a megabyte of `}` or of `allow allow ...` is one search.
@@ -58,6 +59,9 @@ class SyntaxErrorReporter:
         self.skipper = grammar.skipper
         self.root_lexer = self.lark.parser.lexer.root_lexer
         self.diagnostics: list[Diagnostic] = []
+        # Where the parse stopped for too many errors: (line, column, length).
+        self.stopped_at: tuple[int, int, int] | None = None
+        self._errors = 0
         self._seen: set[tuple[int, int, str]] = set()
         self._reported: set[int] = set()
 
@@ -73,9 +77,14 @@ class SyntaxErrorReporter:
     # ---- reporting ----------------------------------------------------------
 
     def _on_error(self, error: UnexpectedInput) -> bool:
-        self._report(error)
-        if len(self.diagnostics) >= MAX_SYNTAX_ERRORS:
+        # Errors found, not diagnostics: one that repeats an earlier diagnostic
+        # is not shown again, but it cost a recovery all the same.
+        self._errors += 1
+        if self._errors > MAX_SYNTAX_ERRORS:
+            self._reported.add(id(error))
+            self.stopped_at = self._where(error)
             return False
+        self._report(error)
         try:
             return self._recover(error)
         except UnexpectedInput:

@@ -66,3 +66,21 @@ def test_check_stays_under_2_seconds_per_megabyte(make, capsys):
         print(f"\n  {megabytes:.1f} MB: {seconds:.2f} s ({seconds / megabytes:.2f} s per MB)")
     assert 1 <= len(raised.value.diagnostics) <= MAX_SYNTAX_ERRORS + 1
     assert seconds < GOAL_SECONDS_PER_MB * megabytes
+
+
+def test_the_last_diagnostic_says_the_parse_stopped():
+    with pytest.raises(PolicyError) as raised:
+        load("mesh m {\n" + "allow a b\n" * 100 + "}\n")
+    diagnostics = raised.value.diagnostics
+    assert len(diagnostics) == MAX_SYNTAX_ERRORS + 1
+    assert [d.message for d in diagnostics[:-1]] == ["expected '->' after the source"] * 20
+    assert diagnostics[-1].message == "too many errors; stopping"
+    assert diagnostics[-1].location.line == MAX_SYNTAX_ERRORS + 2  # the next error's line
+
+
+def test_malformed_literals_count_towards_the_limit():
+    with pytest.raises(PolicyError) as raised:
+        load("mesh m {\n" + "allow a -> 10.0.0.300\n" * 100 + "}\n")
+    diagnostics = raised.value.diagnostics
+    assert len(diagnostics) == MAX_SYNTAX_ERRORS + 1
+    assert diagnostics[-1].message == "too many errors; stopping"
