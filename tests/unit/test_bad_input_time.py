@@ -84,3 +84,18 @@ def test_malformed_literals_count_towards_the_limit():
     diagnostics = raised.value.diagnostics
     assert len(diagnostics) == MAX_SYNTAX_ERRORS + 1
     assert diagnostics[-1].message == "too many errors; stopping"
+
+
+def test_many_semantic_errors_on_one_long_line_stay_under_the_goal(capsys):
+    """Each diagnostic shows a window of its line: 100,000 of them on one 1 MB line."""
+    text = "mesh m { allow any -> 10.0.0.0/8 except " + "10.0.0.0/8, " * (MB // 12) + "10.0.0.0/8 }"
+    megabytes = len(text) / MB
+    started = time.perf_counter()
+    with pytest.raises(PolicyError) as raised:
+        load(text)
+    rendered = str(raised.value)
+    seconds = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"\n  {megabytes:.1f} MB, {len(raised.value.diagnostics):,} errors: {seconds:.2f} s")
+    assert len(raised.value.diagnostics) > 80_000 and len(rendered) < 400 * 100_000
+    assert seconds < GOAL_SECONDS_PER_MB * megabytes
