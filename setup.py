@@ -21,8 +21,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ebmesh", "ebmesh.*"]),
     install_requires=[
-        "lark>=1.1.9",
-        "pydantic>=2.5",
+        # Tested with lark 1.3.1 and pydantic 2.14.4. The error recovery
+        # (ebmesh/language/syntax_errors.py) drives Lark's LALR parser state,
+        # which has moved between minor versions: the next minor is untested.
+        "lark>=1.1.9,<1.4",
+        "pydantic>=2.5,<3",
         "pyelftools>=0.30",
     ],
     extras_require={

@@ -2,21 +2,17 @@
 """Where compile (and attach) time goes for one benchmark policy size.
 
     .venv/bin/python bench/profile_compile.py 100000              # phases, and GC pauses per phase
-    .venv/bin/python bench/profile_compile.py 100000 --gc-paused  # what-if: cyclic GC paused for the whole compile
     .venv/bin/python bench/profile_compile.py 100000 --cprofile 30
     sudo .venv/bin/python bench/profile_compile.py 100000 --attach   # also attach (to a throwaway cgroup) and detach
 
 Always a cold object cache (a fresh EBMESH_CACHE_DIR, vmlinux.h generated
-into it before timing). `--gc-paused` changes nothing in ebmesh: it runs the
-same `ebmesh.compile` inside ebmesh.language.gc_pause.cyclic_gc_paused(), to
-show what pausing the collector for the whole pipeline (not only the parse,
-as today) would save.
+into it before timing). `ebmesh.compile` pauses the cyclic collector for the
+whole pipeline itself, so the GC pauses shown are those from outside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import gc
 import os
@@ -35,17 +31,11 @@ import policy_gen  # noqa: E402
 from run import PREFIX, GcWatch, _safe_attach_target, attach_breakdown  # noqa: E402
 
 import ebmesh  # noqa: E402
-from ebmesh.language.gc_pause import cyclic_gc_paused  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rules", type=int, nargs="?", default=100_000)
-    parser.add_argument(
-        "--gc-paused",
-        action="store_true",
-        help="what-if: pause the cyclic GC for the whole compile",
-    )
     parser.add_argument(
         "--cprofile", type=int, metavar="N", default=0, help="print the top N functions"
     )
@@ -66,22 +56,17 @@ def main() -> int:
         text = policy_gen.generate(args.rules, "127.10.1.1", "127.10.2.1").text
         gc.collect()
         profiler = cProfile.Profile() if args.cprofile else None
-        pause = cyclic_gc_paused() if args.gc_paused else contextlib.nullcontext()
         with GcWatch() as watch:
             started = time.perf_counter()
             if profiler:
                 profiler.enable()
-            with pause:
-                compiled = ebmesh.compile(text)
+            compiled = ebmesh.compile(text)
             if profiler:
                 profiler.disable()
             compiled_at = time.perf_counter()
         phases = dict(compiled.timings)
         compile_s = compiled_at - started
-        print(
-            f"{args.rules} rules, cold cache{', cyclic GC paused for the whole compile' if args.gc_paused else ''}"
-            f"{', under cProfile (slower)' if profiler else ''}"
-        )
+        print(f"{args.rules} rules, cold cache{', under cProfile (slower)' if profiler else ''}")
         print(f"  compile: {compile_s:.3f} s")
         gc_by_phase = watch.by_phase(started, phases)
         for name, seconds in phases.items():

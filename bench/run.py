@@ -40,7 +40,6 @@ import balancing  # noqa: E402
 import policy_gen  # noqa: E402
 
 import ebmesh  # noqa: E402
-from ebmesh.language.gc_pause import cyclic_gc_paused  # noqa: E402
 from ebmesh.loader import BpfObject, MapAccess, enable_run_time_stats, program_info  # noqa: E402
 from ebmesh.runtime.cgroups import cgroup2_mount  # noqa: E402
 from tests.support import Agent, throwaway_cgroup  # noqa: E402
@@ -53,14 +52,6 @@ DENIED_PORT = 9999  # no rule allows client -> server 9999: the sanity check exp
 # Goals from the issue.
 RATIO_GOAL = 1.5  # per-connection BPF time at 100k rules / at 10 rules
 TIME_GOALS = {10_000: 3.0, 100_000: 20.0}  # cold compile+attach, seconds
-PARSER_WARNING = (
-    "  note: in this process the parser's fast path gives up at the end of every policy and "
-    "Lark re-parses it (parse_and_check about 2x slower); see bench/README.md"
-)
-WHAT_IF_BANNER = (
-    "*** WHAT-IF run (--what-if-gc-paused): compiles ran with the cyclic GC paused from outside; "
-    "these are NOT the numbers of ebmesh as it is. ***"
-)
 DECISION_PROGRAMS = ("ebmesh_connect4", "ebmesh_ingress")
 
 
@@ -257,15 +248,13 @@ class SizeRun:
     rounds: list = field(default_factory=list)
 
 
-def _compile_and_attach(run: SizeRun, events: str, gc_paused: bool = False) -> tuple[object, dict]:
+def _compile_and_attach(run: SizeRun, events: str) -> tuple[object, dict]:
     """compile(text) through attach() returning, with its phases. Returns (attachment, record)."""
     gc.collect()  # every measurement starts with no garbage pending
     breakdown: dict = {}
     with GcWatch() as watch:
         started = time.perf_counter()
-        # --what-if-gc-paused: the proposed fix, simulated from outside (ebmesh is unchanged).
-        with cyclic_gc_paused() if gc_paused else contextlib.nullcontext():
-            compiled = ebmesh.compile(run.policy.text)
+        compiled = ebmesh.compile(run.policy.text)
         compiled_at = time.perf_counter()
         with attach_breakdown(breakdown):
             attachment = compiled.attach(_safe_attach_target(run.root), events=events)
@@ -351,7 +340,7 @@ def prepare_size(run: SizeRun, stack: contextlib.ExitStack, args, vmlinux_dir: P
         try:
             shutil.copytree(vmlinux_dir, cache / "vmlinux")
             with cache_dir(cache):
-                attachment, record = _compile_and_attach(run, args.events, args.what_if_gc_paused)
+                attachment, record = _compile_and_attach(run, args.events)
                 try:
                     if record["cache_hit"]:
                         raise RuntimeError(
@@ -368,9 +357,7 @@ def prepare_size(run: SizeRun, stack: contextlib.ExitStack, args, vmlinux_dir: P
                 if repeat == args.compile_repeats - 1:
                     print(" s; warm:", end="", flush=True)
                     for warm_repeat in range(args.compile_repeats):
-                        attachment, record = _compile_and_attach(
-                            run, args.events, args.what_if_gc_paused
-                        )
+                        attachment, record = _compile_and_attach(run, args.events)
                         if not record["cache_hit"]:
                             attachment.detach()
                             raise RuntimeError(
@@ -558,7 +545,6 @@ def build_results(runs: list[SizeRun], args, machine: dict, toolchain: dict) -> 
             "warmup_connects": args.warmup,
             "events": args.events,
             "seed": args.seed,
-            "what_if_gc_paused": args.what_if_gc_paused,
             "pinned_cpus_client_server": args.pin,
             "compile_repeats": args.compile_repeats,
             "parts": sorted(args.parts),
@@ -580,8 +566,6 @@ def print_report(results: dict) -> None:
     goals = results["goals"]
     m = results["machine"]
     print()
-    if results["settings"]["what_if_gc_paused"]:
-        print(WHAT_IF_BANNER)
     print(
         f"ebmesh benchmark — kernel {m['kernel']}, {m['clang']}, {m['cpus']} CPUs ({m['cpu_model']}), "
         f"load avg {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}"
@@ -684,43 +668,15 @@ def print_report(results: dict) -> None:
             + "; ".join(m["busy_processes_at_end"])
         )
     print()
-    if results["toolchain"].get("parser_fast_path") is False:
-        print(PARSER_WARNING)
     rule_goals_met = all(c["met"] for checks in goals.values() for c in checks.values())
     print(
         "Rule-count goals: all met."
         if rule_goals_met
         else "Rule-count goals: some NOT met (see 'goal met?')."
     )
-    if results["settings"]["what_if_gc_paused"]:
-        print(WHAT_IF_BANNER)
 
 
 # ---- main ----------------------------------------------------------------------
-
-
-def _parser_fast_path_works() -> bool | None:
-    """Whether the language front-end's fast table parser (ebmesh/language/fast_parser.py)
-    parses a valid policy by itself in this process, rather than giving up and leaving it to
-    Lark's full parser (the same tree, about twice the time). Found to vary from one process
-    to the next; see bench/README.md. None if the internals moved."""
-    try:
-        from ebmesh.language.fast_parser import FastPathUnavailable
-        from ebmesh.language.grammar import grammar
-
-        compiled = grammar()
-        text = policy_gen.generate(10, "127.9.1.1", "127.9.2.1", seed=7).text
-        with compiled.lock:
-            compiled.builder.reset()
-            try:
-                compiled.table_parser.parse(text)
-                return True
-            except FastPathUnavailable:
-                return False
-            finally:
-                compiled.builder.reset()
-    except Exception:  # noqa: BLE001 - a diagnostic only
-        return None
 
 
 def _prepare_toolchain() -> tuple[Path, dict]:
@@ -741,7 +697,6 @@ def _prepare_toolchain() -> tuple[Path, dict]:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return scratch, {
-        "parser_fast_path": _parser_fast_path_works(),
         "vmlinux_h_s": vmlinux_s,
         "vmlinux_h_bytes": header.stat().st_size,
         "first_compile_in_process_s": first_compile_s,
@@ -772,13 +727,6 @@ def _parse_args(argv):
         "--compile-repeats",
         type=int,
         help="cold (and warm) compile+attach runs per size; the median is reported (default 3)",
-    )
-    parser.add_argument(
-        "--what-if-gc-paused",
-        action="store_true",
-        help="WHAT-IF, not the product as it is: run each compile inside "
-        "ebmesh.language.gc_pause.cyclic_gc_paused(), as if ebmesh.compile paused the "
-        "cyclic GC for its whole pipeline (writes bench/results/what-if-gc-paused.json)",
     )
     parser.add_argument(
         "--pin",
@@ -841,8 +789,6 @@ def _parse_args(argv):
     for name, value in defaults.items():  # explicit options win over --quick
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.what_if_gc_paused and args.output == HERE / "results" / "latest.json":
-        args.output = HERE / "results" / "what-if-gc-paused.json"
     return args
 
 
@@ -864,8 +810,6 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     machine = _machine()
     busy = _busiest_other_processes()
-    if args.what_if_gc_paused:
-        print(WHAT_IF_BANNER)
     if "rules" in args.parts:
         print(
             f"ebmesh benchmark: sizes {args.sizes}, {args.rounds} rounds x {args.connects} connects"
@@ -884,8 +828,6 @@ def main(argv=None) -> int:
             f"  toolchain: vmlinux.h {toolchain['vmlinux_h_s']:.2f} s (once per kernel; pre-warmed in the "
             f"cold runs), first in-process compile {toolchain['first_compile_in_process_s']:.2f} s"
         )
-        if toolchain["parser_fast_path"] is False:
-            print(PARSER_WARNING)
         vmlinux_dir = Path(toolchain["vmlinux_dir"])
         # Each part removes what it attached and created before the next one starts.
         if runs:

@@ -10,13 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ebmesh import language
 from ebmesh.codegen.header import render_policy_header
 from ebmesh.codegen.map_contents import encode_tables
 from ebmesh.datapath.image import DatapathImage
 from ebmesh.ir.lowering import lower
 from ebmesh.language.ast import PolicyFile
 from ebmesh.language.gc_pause import cyclic_gc_paused
+from ebmesh.language.loading import parse_and_check
 from ebmesh.language.lower import lower_to_ir
 from ebmesh.policy import CompiledPolicy
 from ebmesh.resources import bpf_source_dir
@@ -31,8 +31,9 @@ def compile(policy: str | Path | PolicyFile) -> CompiledPolicy:  # noqa: A001 - 
 
     Raises `ebmesh.PolicyError` with every diagnostic if the policy is wrong.
     """
-    # A 100,000-rule policy is millions of small acyclic objects: left on, the
-    # cyclic collector rescans them all several times and finds nothing.
+    # The one pause of the pipeline, parse to encode (gc_pause.py): a
+    # 100,000-rule policy is millions of small acyclic objects, which the
+    # cyclic collector would rescan several times and find nothing in.
     with cyclic_gc_paused():
         return _compile(policy)
 
@@ -47,7 +48,7 @@ def _compile(policy: str | Path | PolicyFile) -> CompiledPolicy:
         timings[name] = now - started
         started = now
 
-    tree = language.load(policy)
+    tree = parse_and_check(policy)
     phase("parse_and_check")
     ir = lower_to_ir(tree)
     phase("ir")

@@ -45,8 +45,7 @@ class Diagnostic:
         head = f"{self.location}: {self.message}" if self.location else self.message
         lines = [head]
         if self.location is not None and self.source_line is not None:
-            line = self.source_line.rstrip("\n").expandtabs(1)
-            text, offset = _excerpt(line, self.location.column - 1)
+            text, offset = _excerpt(self.source_line.rstrip("\n"), self.location.column - 1)
             lines.append(f"    {text}")
             width = max(1, min(self.location.length, len(text) - offset))
             lines.append(f"    {' ' * offset}^{'~' * (width - 1)}")
@@ -68,13 +67,15 @@ def _excerpt(line: str, offset: int) -> tuple[str, int]:
 
     A long line (a generated policy on one line) is cut to a window around the
     spot: printed whole for each of thousands of errors it would make the
-    message gigabytes long. Control characters print as '?', one for one, so
-    the caret stays aligned and nothing reaches the terminal raw.
+    message gigabytes long. A tab prints as one space and other control
+    characters as '?', one for one, so the caret stays aligned and nothing
+    reaches the terminal raw. Only the window is converted: converting the
+    whole line for each error made 100,000 errors on one 1 MB line take 70 s.
     """
     start = 0
     if len(line) > _SHOWN_WIDTH:
         start = max(0, min(offset - _SHOWN_BEFORE, len(line) - _SHOWN_WIDTH))
-    shown = line[start : start + _SHOWN_WIDTH]
+    shown = line[start : start + _SHOWN_WIDTH].expandtabs(1)
     if not shown.isprintable():
         shown = "".join(c if c.isprintable() else "?" for c in shown)
     prefix = "..." if start > 0 else ""

@@ -4,8 +4,7 @@ One method per grammar rule or alias (grammar/ebmesh.lark); methods named like
 a terminal (NAME, CIDR, ...) convert that token when it is shifted. The
 grammar is used with keep_all_tokens=True and without placeholders, so each
 method receives exactly the symbols of the expansion that matched, tokens
-included. Tokens are Lark `Token`s or the fast parser's `Tok`s; only their
-`type`, `value` and position attributes are used.
+included. Only the tokens' `type`, `value` and position attributes are used.
 
 Malformed literals do not stop the parse: they are recorded in `problems`
 with a placeholder in the tree, so that one run reports all of them.
@@ -32,7 +31,6 @@ from ebmesh.language.ast import (
     StringLiteral,
     Workload,
 )
-from ebmesh.language.construct import constructor
 from ebmesh.language.literals import (
     LiteralError,
     parse_cidr,
@@ -41,20 +39,6 @@ from ebmesh.language.literals import (
     parse_protocol,
     parse_string,
 )
-
-_span = constructor(Span)
-_name = constructor(Name)
-_string = constructor(StringLiteral)
-_cidr = constructor(Cidr)
-_any_peer = constructor(AnyPeer)
-_named_peer = constructor(NamedPeer)
-_address_peer = constructor(AddressPeer)
-_port_range = constructor(PortRange)
-_rule = constructor(Rule)
-
-# Punctuation no builder method reads (`word` reads every keyword, so keywords
-# cannot be here): the fast parser passes None instead of making these tokens.
-UNUSED_TOKENS = frozenset({"ARROW", "COMMA", "LBRACE", "COLON", "SLASH", "LSQB"})
 
 # Stands in for a malformed address so the parse can go on; never reaches a
 # caller, because a recorded problem makes parse() raise.
@@ -96,26 +80,12 @@ class _MeshBody:
 
 
 def token_span(token: Any) -> Span:
-    return _span(
-        {
-            "line": token.line,
-            "column": token.column,
-            "end_line": token.end_line,
-            "end_column": token.end_column,
-        }
-    )
+    return Span(token.line, token.column, token.end_line, token.end_column)
 
 
 def _between(first: Any, last: Any) -> Span:
     """From the start of `first` to the end of `last` (tokens or spans)."""
-    return _span(
-        {
-            "line": first.line,
-            "column": first.column,
-            "end_line": last.end_line,
-            "end_column": last.end_column,
-        }
-    )
+    return Span(first.line, first.column, last.end_line, last.end_column)
 
 
 class AstBuilder:
@@ -139,7 +109,7 @@ class AstBuilder:
     # ---- terminals --------------------------------------------------------
 
     def NAME(self, token: Any) -> Name:
-        return _name({"span": token_span(token), "value": token.value})
+        return Name(span=token_span(token), value=token.value)
 
     def STRING(self, token: Any) -> StringLiteral:
         try:
@@ -147,7 +117,7 @@ class AstBuilder:
         except LiteralError as error:
             self._problem(token, error)
             value = ""
-        return _string({"span": token_span(token), "value": value})
+        return StringLiteral(span=token_span(token), value=value)
 
     def CIDR(self, token: Any) -> Cidr:
         text = token.value
@@ -156,14 +126,7 @@ class AstBuilder:
         except LiteralError as error:
             self._problem(token, error)
             network, host_bits_set = _PLACEHOLDER_NETWORK, False
-        return _cidr(
-            {
-                "span": token_span(token),
-                "text": text,
-                "network": network,
-                "host_bits_set": host_bits_set,
-            }
-        )
+        return Cidr(span=token_span(token), text=text, network=network, host_bits_set=host_bits_set)
 
     def PORT_RANGE(self, token: Any) -> PortRange:
         try:
@@ -171,9 +134,7 @@ class AstBuilder:
         except LiteralError as error:
             self._problem(token, error)
             low, high, protocol = 0, 0, None
-        return _port_range(
-            {"span": token_span(token), "low": low, "high": high, "protocol": protocol}
-        )
+        return PortRange(span=token_span(token), low=low, high=high, protocol=protocol)
 
     def _number(self, token: Any) -> int:
         try:
@@ -376,33 +337,24 @@ class AstBuilder:
                 else:
                     audit_span = extra_span
                 end_line, end_column = extra.end_line, extra.end_column
-        return _rule(
-            {
-                "span": _span(
-                    {
-                        "line": action.line,
-                        "column": action.column,
-                        "end_line": end_line,
-                        "end_column": end_column,
-                    }
-                ),
-                "action": action.value,
-                "action_span": token_span(action),
-                "sources": sources.peers,
-                "destinations": destinations.peers,
-                "ports": ports,
-                "mtls": mtls_span is not None,
-                "mtls_span": mtls_span,
-                "audit": audit_span is not None,
-                "audit_span": audit_span,
-            }
+        return Rule(
+            span=Span(action.line, action.column, end_line, end_column),
+            action=action.value,
+            action_span=token_span(action),
+            sources=sources.peers,
+            destinations=destinations.peers,
+            ports=ports,
+            mtls=mtls_span is not None,
+            mtls_span=mtls_span,
+            audit=audit_span is not None,
+            audit_span=audit_span,
         )
 
     def named_peer(self, children: list) -> PeerGroup:
         name = children[0]
         span = name.span
         return PeerGroup(
-            [_named_peer({"span": span, "kind": "name", "name": name})],
+            [NamedPeer(span=span, name=name)],
             span.end_line,
             span.end_column,
         )
@@ -410,7 +362,7 @@ class AstBuilder:
     def any_peer(self, children: list) -> PeerGroup:
         token = children[0]
         return PeerGroup(
-            [_any_peer({"span": token_span(token), "kind": "any"})],
+            [AnyPeer(span=token_span(token))],
             token.end_line,
             token.end_column,
         )
@@ -452,10 +404,10 @@ class AstBuilder:
     def list_item(self, children: list) -> Any:
         first = children[0]
         if isinstance(first, Name):
-            return _named_peer({"span": first.span, "kind": "name", "name": first})
+            return NamedPeer(span=first.span, name=first)
         if isinstance(first, Cidr):
             return (first, children[2] if len(children) == 3 else None)
-        return _any_peer({"span": token_span(first), "kind": "any"})
+        return AnyPeer(span=token_span(first))
 
     def port_clause(self, children: list) -> list[PortRange]:
         if len(children) == 2:
@@ -467,6 +419,4 @@ class AstBuilder:
 
 def _address_peer_node(cidr: Cidr, excepts: list[Cidr]) -> AddressPeer:
     last = excepts[-1].span if excepts else cidr.span
-    return _address_peer(
-        {"span": _between(cidr.span, last), "kind": "address", "cidr": cidr, "excepts": excepts}
-    )
+    return AddressPeer(span=_between(cidr.span, last), cidr=cidr, excepts=excepts)

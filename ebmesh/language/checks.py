@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ebmesh.errors import PolicyError
 from ebmesh.language.ast import PolicyFile
-from ebmesh.language.gc_pause import cyclic_gc_paused
 from ebmesh.language.semantic.names import declare_names
 from ebmesh.language.semantic.report import Report
 from ebmesh.language.semantic.rules import check_rules
@@ -22,11 +21,10 @@ def check(policy: PolicyFile) -> None:
     """Raise `PolicyError` with every diagnostic of the file, sorted by position; None if it is sound."""
     report = Report(SourceText(policy.filename, policy.text))
     mesh = policy.mesh
-    with cyclic_gc_paused():
-        check_settings(mesh, report)
-        declared = declare_names(mesh, report)
-        check_workloads(mesh, trust_domain(mesh), report)
-        check_services(mesh, report)
-        check_rules(mesh.rules, declared, report)
+    check_settings(mesh, report)
+    declared = declare_names(mesh, report)
+    check_workloads(mesh, trust_domain(mesh), report)
+    check_services(mesh, report)
+    check_rules(mesh.rules, declared, report)
     if report.diagnostics:
         raise PolicyError(report.diagnostics)

@@ -7,8 +7,8 @@ from functools import cache
 
 from lark import Lark
 
-from ebmesh.language.builder import UNUSED_TOKENS, AstBuilder
-from ebmesh.language.fast_parser import TableParser
+from ebmesh.language.builder import AstBuilder
+from ebmesh.language.skipping import Skipper
 from ebmesh.resources import grammar_path
 
 # Every keyword, by terminal name. A keyword is never a name.
@@ -48,7 +48,7 @@ PUNCTUATION: dict[str, str] = {
 
 
 class Grammar:
-    """The Lark parser, the fast driver of its tables, and the builder both call.
+    """The Lark parser, the builder it calls at each reduction, and the skipper of error recovery.
 
     The builder collects per-parse problems, so one parse at a time may use
     it: hold `lock` from reset to result.
@@ -65,7 +65,7 @@ class Grammar:
             maybe_placeholders=False,
             transformer=self.builder,
         )
-        self.table_parser = TableParser(self.lark, UNUSED_TOKENS)
+        self.skipper = Skipper(self.lark)
 
 
 @cache

@@ -15,20 +15,26 @@ def load(source: str | Path | PolicyFile) -> PolicyFile:
     """Parse (unless already parsed) and check. Raises `PolicyError` with every mistake found.
 
     A str is policy text, not a file name; a Path is read as UTF-8 (a leading
-    byte-order mark is dropped) and named in diagnostics as given.
+    byte-order mark is dropped) and named in diagnostics as given. The cyclic
+    garbage collector is paused for the call (gc_pause.py).
     """
     with cyclic_gc_paused():
-        if isinstance(source, PolicyFile):
-            policy = source
-        elif isinstance(source, Path):
-            policy = parse(_read(source), filename=str(source))
-        elif isinstance(source, str):
-            policy = parse(source)
-        else:
-            raise TypeError(
-                f"load() takes policy text (str), a Path or a PolicyFile, not {type(source).__name__}"
-            )
-        check(policy)
+        return parse_and_check(source)
+
+
+def parse_and_check(source: str | Path | PolicyFile) -> PolicyFile:
+    """`load` without its pause, for a caller whose own pause covers more (`ebmesh.compile`)."""
+    if isinstance(source, PolicyFile):
+        policy = source
+    elif isinstance(source, Path):
+        policy = parse(_read(source), filename=str(source))
+    elif isinstance(source, str):
+        policy = parse(source)
+    else:
+        raise TypeError(
+            f"load() takes policy text (str), a Path or a PolicyFile, not {type(source).__name__}"
+        )
+    check(policy)
     return policy
 
 

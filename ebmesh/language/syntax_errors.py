@@ -9,6 +9,13 @@ diagnostic, then tries, in order, on a copy of the parser state:
 2. panic mode: skip to the next token that starts a statement or closes a
    block (`allow`, `deny`, `workload`, `service`, a setting, `mesh`, `}`) and
    pop the parser's stack until a state accepts it.
+
+The work grows with the input's length, whatever it holds. After
+MAX_SYNTAX_ERRORS errors the parse stops (parser.py then says so, at the
+next one). A skip searches the text rather than lexing every token
+(skipping.py), and only for a sync token that some open construct can take
+followed by a token that may come after it there: after the mesh's last `}`,
+only `mesh NAME`. So a megabyte of `}` or of `allow allow ...` is one search.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 from copy import copy
 from typing import Any
 
-from lark import Lark, Token
+from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 try:
@@ -25,7 +32,7 @@ except ImportError:  # lark < 1.2 kept it in lalr_parser
     from lark.parsers.lalr_parser import ParserState  # type: ignore[no-redef]
 
 from ebmesh.errors import Diagnostic
-from ebmesh.language.grammar import KEYWORDS, PUNCTUATION
+from ebmesh.language.grammar import KEYWORDS, PUNCTUATION, Grammar
 from ebmesh.language.literals import PROTOCOLS
 from ebmesh.language.source import SourceText
 from ebmesh.language.suggest import closest
@@ -40,17 +47,21 @@ from ebmesh.language.syntax_messages import (
     open_block,
 )
 
-MAX_SYNTAX_ERRORS = 20
+MAX_SYNTAX_ERRORS = 20  # as clang's -ferror-limit
 SYNC_TOKENS = STATEMENT_STARTS | {"MESH", "RBRACE"}
 INSERTABLE = ("ARROW", "LBRACE", "RBRACE", "RSQB", "COMMA", "COLON")
 
 
 class SyntaxErrorReporter:
-    def __init__(self, source: SourceText, lark: Lark):
+    def __init__(self, source: SourceText, grammar: Grammar):
         self.source = source
-        self.lark = lark
-        self.root_lexer = lark.parser.lexer.root_lexer
+        self.lark = grammar.lark
+        self.skipper = grammar.skipper
+        self.root_lexer = self.lark.parser.lexer.root_lexer
         self.diagnostics: list[Diagnostic] = []
+        # Where the parse stopped for too many errors: (line, column, length).
+        self.stopped_at: tuple[int, int, int] | None = None
+        self._errors = 0
         self._seen: set[tuple[int, int, str]] = set()
         self._reported: set[int] = set()
 
@@ -66,13 +77,27 @@ class SyntaxErrorReporter:
     # ---- reporting ----------------------------------------------------------
 
     def _on_error(self, error: UnexpectedInput) -> bool:
-        self._report(error)
-        if len(self.diagnostics) >= MAX_SYNTAX_ERRORS:
+        # Errors found, not diagnostics: one that repeats an earlier diagnostic
+        # is not shown again, but it cost a recovery all the same.
+        self._errors += 1
+        if self._errors > MAX_SYNTAX_ERRORS:
+            self._reported.add(id(error))
+            self.stopped_at = self._where(error)
             return False
+        self._report(error)
         try:
             return self._recover(error)
         except UnexpectedInput:
             return False
+
+    def _where(self, error: UnexpectedInput) -> tuple[int, int, int]:
+        """Line, column and width of the error's spot."""
+        if isinstance(error, UnexpectedCharacters):
+            return error.line, error.column, 1
+        token = error.token
+        if token.type == END:
+            return (*self._end_position(getattr(error, "interactive_parser", None)), 1)
+        return token.line, token.column, len(token.value)
 
     def _report(self, error: UnexpectedInput) -> None:
         self._reported.add(id(error))
@@ -82,21 +107,16 @@ class SyntaxErrorReporter:
         top = stack[-1] if stack else None
         if isinstance(error, UnexpectedCharacters):
             message, hint = self._describe_character(error, expected, top)
-            diagnostic = self.source.at(error.line, error.column, message, hint=hint)
         else:
-            token = error.token
             following = (
-                self._following(parser.lexer_thread.state, token) if parser is not None else []
+                self._following(parser.lexer_thread.state, error.token)
+                if parser is not None
+                else []
             )
             following_type = following[0][0].type if following and following[0] else None
-            message, hint = _describe_token(token, expected, stack, following_type)
-            if token.type == END:
-                line, column = self._end_position(parser)
-                diagnostic = self.source.at(line, column, message, hint=hint)
-            else:
-                diagnostic = self.source.at(
-                    token.line, token.column, message, length=len(token.value), hint=hint
-                )
+            message, hint = _describe_token(error.token, expected, stack, following_type)
+        line, column, length = self._where(error)
+        diagnostic = self.source.at(line, column, message, length=length, hint=hint)
         key = (diagnostic.location.line, diagnostic.location.column, diagnostic.message)
         if key not in self._seen:
             self._seen.add(key)
@@ -190,32 +210,20 @@ class SyntaxErrorReporter:
         return False
 
     def _resynchronise(self, state: ParserState, lexer_state: Any, token: Token | None) -> bool:
+        places = _ResumePlaces(state)
+        if not places.followers:
+            return False  # nothing open can take a statement, a '}' or a 'mesh' again
         while True:
-            if token is None or token.type not in SYNC_TOKENS:
-                token = self._next_sync_token(lexer_state)
+            if token is None or token.type not in places.followers:
+                token = self.skipper.next_token_of(places.followers, self.source.text, lexer_state)
                 if token is None:
                     return False
-            afters = self._following(lexer_state, token) or [[]]
-            for keep in range(len(state.state_stack), 0, -1):
-                if any(_parses(state, keep, [token, *after]) for after in afters):
-                    del state.state_stack[keep:]
-                    del state.value_stack[keep - 1 :]
-                    return _feed(state, [token])
+            keep = places.depth_for(token, self._following(lexer_state, token) or [[]])
+            if keep is not None:
+                del state.state_stack[keep:]
+                del state.value_stack[keep - 1 :]
+                return _feed(state, [token])
             token = None  # nothing open accepts it: skip it too
-
-    def _next_sync_token(self, lexer_state: Any) -> Token | None:
-        while True:
-            try:
-                token = self.root_lexer.next_token(lexer_state)
-            except EOFError:
-                return None
-            except UnexpectedCharacters as error:
-                lexer_state.line_ctr.feed(
-                    self.source.text[error.pos_in_stream : error.pos_in_stream + 1]
-                )
-                continue
-            if token.type in SYNC_TOKENS:
-                return token
 
     def _following(self, lexer_state: Any, at: Token | None) -> list[list[Token]]:
         """What may come next, without consuming it: each way to read the next token."""
@@ -300,6 +308,57 @@ def _variants(token: Token) -> list[Token]:
     if token.type == "PORT_RANGE" and token.value.isdigit():
         return [token, Token.new_borrow_pos("NUMBER", token.value, token)]
     return [token]
+
+
+class _ResumePlaces:
+    """Where panic mode may resume: which tokens, at which depth of the stack, before what.
+
+    The stack does not change while tokens are skipped, so this is worked out
+    once per skip. `followers` maps each kind of sync token that some depth
+    has an action for to the kinds of token that may come after it there
+    (read from the parse table: what could follow, not always what parses);
+    the skipper looks only for those pairs. `depth_for` decides, with trial
+    parses remembered by kind (trials read kinds only, never values).
+    """
+
+    def __init__(self, state: ParserState):
+        self.state = state
+        table = state.parse_conf.states
+        stack = state.state_stack
+        self.depths: dict[str, list[int]] = {}
+        self.followers: dict[str, frozenset[str]] = {}
+        for kind in sorted(SYNC_TOKENS):
+            depths = [keep for keep in range(len(stack), 0, -1) if kind in table[stack[keep - 1]]]
+            after: set[str] = set()
+            for keep in depths:
+                after |= _choices_after(state, keep, kind)
+            if depths:
+                self.depths[kind] = depths
+                self.followers[kind] = frozenset(after)
+        self._trials: dict[tuple, bool] = {}
+
+    def depth_for(self, token: Token, afters: list[list[Token]]) -> int | None:
+        """The deepest depth where `token`, then one of `afters`, parses; None if there is none."""
+        for keep in self.depths[token.type]:
+            for after in afters:
+                key = (keep, token.type, *(t.type for t in after))
+                if key not in self._trials:
+                    self._trials[key] = _parses(self.state, keep, [token, *after])
+                if self._trials[key]:
+                    return keep
+        return None
+
+
+def _choices_after(state: ParserState, keep: int, kind: str) -> set[str]:
+    """The terminals the parse table has an action for once `kind` is fed at depth `keep`."""
+    conf = copy(state.parse_conf)
+    conf.callbacks = {}
+    trial = ParserState(conf, state.lexer, state.state_stack[:keep], state.value_stack[: keep - 1])
+    try:
+        trial.feed_token(Token(kind, ""))
+    except UnexpectedInput:
+        return set()
+    return _choices(trial)
 
 
 def _choices(state: ParserState) -> set[str]:
