@@ -143,6 +143,16 @@ class BpfMap(OwnedResource):
         return bool(lib.bpf_map__is_internal(handle)) if handle is not None else False
 
     @property
+    def btf_key_type_id(self) -> int:
+        """The key's type (`__type(key, ...)`) in the object's BTF; 0 if it has none."""
+        return lib.bpf_map__btf_key_type_id(self._require_handle("btf_key_type_id"))
+
+    @property
+    def btf_value_type_id(self) -> int:
+        """The value's type (`__type(value, ...)`) in the object's BTF; 0 if it has none."""
+        return lib.bpf_map__btf_value_type_id(self._require_handle("btf_value_type_id"))
+
+    @property
     def is_percpu(self) -> bool:
         return self.type in PERCPU_MAP_TYPES
 

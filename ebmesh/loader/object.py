@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import LibbpfError
 from ._common import OwnedResource, annotate, path_bytes, with_detail
+from .btf import Btf
 from .libbpf import BpfObjectOpenOpts, lib
 from .maps import BpfMap
 from .privileges import require_bpf_privileges
@@ -106,6 +107,12 @@ class BpfObject(OwnedResource):
         if self._handle is None:
             raise ValueError(f"BPF object {self._name!r} is closed")
         return self._handle
+
+    @property
+    def btf(self) -> Btf | None:
+        """The object's BTF as libbpf holds it (None if it has none); valid until close()."""
+        handle = lib.bpf_object__btf(self._live())
+        return Btf(handle, self) if handle else None
 
     def map(self, name: str) -> BpfMap:
         """A map by its key in `maps` (`.rodata`) or by its kernel name (`obj_nam.rodata`)."""
