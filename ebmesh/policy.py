@@ -15,10 +15,10 @@ from ebmesh.runtime.image import DatapathImage, RuleOrigin
 if TYPE_CHECKING:
     from ebmesh.codegen.datapath import DatapathTables, PolicyShape
     from ebmesh.language.ast import PolicyFile
+    from ebmesh.loader.inspect import ObjectInfo
     from ebmesh.runtime.attachment import Attachment
     from ebmesh.runtime.evaluator import Evaluator
     from ebmesh.toolchain.clang import BuildResult
-    from ebmesh.toolchain.inspect import ObjectInfo
 
 AddressLike = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -91,7 +91,7 @@ class CompiledPolicy:
         return self.sources["policy.h"]
 
     def inspect(self) -> ObjectInfo:
-        from ebmesh.toolchain.inspect import inspect_object
+        from ebmesh.loader.inspect import inspect_object
 
         return inspect_object(self.object_bytes)
 

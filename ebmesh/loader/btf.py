@@ -124,6 +124,7 @@ class BtfType:
     id: int
     kind: BtfKind | int
     name: str
+    kflag: bool = False  # FWD: of a union; STRUCT, UNION: members carry bitfield sizes
     size: int | None = None  # INT, STRUCT, UNION, ENUM, ENUM64, FLOAT, DATASEC
     type_id: int | None = None  # what PTR, TYPEDEF, CONST, FUNC, VAR, ... refer to
     signed: bool | None = None  # INT
@@ -221,6 +222,8 @@ class Btf:
         if t.kind in (BtfKind.STRUCT, BtfKind.UNION, BtfKind.ENUM, BtfKind.ENUM64):
             keyword = "enum" if t.kind == BtfKind.ENUM64 else t.kind.name.lower()
             return f"{keyword} {t.name or '(anon)'}"
+        if t.kind == BtfKind.FWD:
+            return f"{'union' if t.kflag else 'struct'} {t.name}"
         if t.kind == BtfKind.PTR:
             return f"{self._spell(inner, depth - 1)} *"
         if t.kind in (BtfKind.CONST, BtfKind.VOLATILE, BtfKind.RESTRICT):
@@ -241,7 +244,8 @@ class Btf:
         record = lib.btf__type_by_id(handle, type_id).contents
         kind = _enum_or_int(BtfKind, (record.info >> 24) & 0x1F)
         vlen, kflag = record.info & 0xFFFF, bool(record.info >> 31)
-        fields: dict = {"id": type_id, "kind": kind, "name": self.string(record.name_off)}
+        name = self.string(record.name_off)
+        fields: dict = {"id": type_id, "kind": kind, "name": name, "kflag": kflag}
         if kind in _SIZED_KINDS:
             fields["size"] = record.size_or_type
         else:

@@ -49,7 +49,9 @@ class CallKind(enum.IntEnum):
 
     HELPER = 0  # a helper id
     BPF_TO_BPF = 1  # BPF_PSEUDO_CALL: the callee's offset in slots, minus one
-    KFUNC = 2  # BPF_PSEUDO_KFUNC_CALL: the kfunc's BTF id (0 until libbpf relocates it)
+    # BPF_PSEUDO_KFUNC_CALL: the kfunc's BTF id. Set by libbpf at load: clang
+    # emits a kfunc call as a BPF-to-BPF call with a relocation against the extern.
+    KFUNC = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from ebmesh.loader import (
     BPF_CGROUP_UDP6_SENDMSG,
     query_cgroup,
 )
-from ebmesh.toolchain.inspect import inspect_object
+from ebmesh.loader.inspect import inspect_object
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop.mesh"
