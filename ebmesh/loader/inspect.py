@@ -304,16 +304,11 @@ class _Reader:
             key=lambda s: s.value,
         )
         functions = []
-        for position, symbol in enumerate(symbols):
+        is_text = section.name == TEXT_SECTION
+        for symbol in symbols:
             start = symbol.value // INSN_SIZE
-            following = (
-                symbols[position + 1].value // INSN_SIZE
-                if position + 1 < len(symbols)
-                else len(code) // INSN_SIZE
-            )
-            end = start + symbol.size // INSN_SIZE if symbol.size else following
+            end = start + symbol.size // INSN_SIZE  # clang sizes every function symbol
             inside = range(start, end)
-            is_text = section.name == TEXT_SECTION
             functions.append(
                 Program(
                     name=symbol.name,
