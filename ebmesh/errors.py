@@ -84,7 +84,14 @@ def _excerpt(line: str, offset: int) -> tuple[str, int]:
 
 
 class PolicyError(EbmeshError):
-    """A policy that cannot be compiled; carries every diagnostic found."""
+    """A policy that cannot be compiled; carries every diagnostic found.
+
+    `diagnostics` holds them all; the message shows the first
+    MAX_RENDERED_DIAGNOSTICS: a generated policy can have a hundred thousand
+    mistakes, and no reader wants them all on a terminal.
+    """
+
+    MAX_RENDERED_DIAGNOSTICS = 100
 
     def __init__(self, diagnostics):
         self.diagnostics: tuple[Diagnostic, ...] = tuple(
@@ -96,9 +103,12 @@ class PolicyError(EbmeshError):
 
     def render(self) -> str:
         count = len(self.diagnostics)
-        body = "\n".join(d.render() for d in self.diagnostics)
+        shown = self.diagnostics[: self.MAX_RENDERED_DIAGNOSTICS]
+        body = "\n".join(d.render() for d in shown)
         if count == 1:
             return body
+        if count > len(shown):
+            body += f"\n... and {count - len(shown)} more (PolicyError.diagnostics has them all)"
         return f"{body}\n{count} errors"
 
 

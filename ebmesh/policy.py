@@ -18,10 +18,10 @@ from ebmesh.ir.model import Policy
 
 if TYPE_CHECKING:
     from ebmesh.language.ast import PolicyFile
+    from ebmesh.loader.inspect import ObjectInfo
     from ebmesh.runtime.attachment import Attachment
     from ebmesh.runtime.evaluator import AddressLike, Evaluation, Evaluator
     from ebmesh.toolchain.clang import BuildResult
-    from ebmesh.toolchain.inspect import ObjectInfo
 
 
 @dataclass
@@ -47,7 +47,7 @@ class CompiledPolicy:
         return self.sources["policy.h"]
 
     def inspect(self) -> ObjectInfo:
-        from ebmesh.toolchain.inspect import inspect_object
+        from ebmesh.loader.inspect import inspect_object
 
         return inspect_object(self.object_bytes)
 

@@ -31,6 +31,7 @@ from ctypes import (
     c_char,
     c_char_p,
     c_int,
+    c_int64,
     c_size_t,
     c_uint8,
     c_uint32,
@@ -70,11 +71,16 @@ class ring_buffer(ctypes.Structure):
     pass
 
 
+class btf(ctypes.Structure):
+    pass
+
+
 BpfObjectPtr = POINTER(bpf_object)
 BpfProgramPtr = POINTER(bpf_program)
 BpfMapPtr = POINTER(bpf_map)
 BpfLinkPtr = POINTER(bpf_link)
 RingBufferPtr = POINTER(ring_buffer)
+BtfPtr = POINTER(btf)
 
 # --- option and info structs (layouts checked in the unit test) -------------
 
@@ -202,6 +208,46 @@ class BpfMapInfo(ctypes.Structure):
     ]
 
 
+# BTF records (linux/btf.h). btf__type_by_id points at a `struct btf_type`
+# inside libbpf's copy of the BTF; the records of its kind follow it.
+
+
+class BtfTypeRecord(ctypes.Structure):
+    """struct btf_type (12 bytes): `size_or_type` is the union of size and type."""
+
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
+
+
+class BtfArrayRecord(ctypes.Structure):
+    """struct btf_array (12 bytes), after an ARRAY."""
+
+    _fields_ = [("type", c_uint32), ("index_type", c_uint32), ("nelems", c_uint32)]
+
+
+class BtfMemberRecord(ctypes.Structure):
+    """struct btf_member (12 bytes), vlen of them after a STRUCT or UNION."""
+
+    _fields_ = [("name_off", c_uint32), ("type", c_uint32), ("offset", c_uint32)]
+
+
+class BtfParamRecord(ctypes.Structure):
+    """struct btf_param (8 bytes), vlen of them after a FUNC_PROTO."""
+
+    _fields_ = [("name_off", c_uint32), ("type", c_uint32)]
+
+
+class BtfVarRecord(ctypes.Structure):
+    """struct btf_var (4 bytes), after a VAR."""
+
+    _fields_ = [("linkage", c_uint32)]
+
+
+class BtfVarSecinfoRecord(ctypes.Structure):
+    """struct btf_var_secinfo (12 bytes), vlen of them after a DATASEC."""
+
+    _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
+
+
 # --- callback types ---------------------------------------------------------
 
 # int (*libbpf_print_fn_t)(enum libbpf_print_level, const char *fmt, va_list ap);
@@ -299,6 +345,8 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_object__close", None, [BpfObjectPtr], UNCHECKED),
     ("bpf_object__next_map", BpfMapPtr, [BpfObjectPtr, BpfMapPtr], UNCHECKED),
     ("bpf_object__next_program", BpfProgramPtr, [BpfObjectPtr, BpfProgramPtr], UNCHECKED),
+    # NULL for an object without BTF; owned by the object.
+    ("bpf_object__btf", BtfPtr, [BpfObjectPtr], UNCHECKED),
     # bpf_map (libbpf's view of a map in an object)
     ("bpf_map__name", c_char_p, [BpfMapPtr], UNCHECKED),
     # bpf_map__fd is -1 before load; checked by the caller.
@@ -307,7 +355,10 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_map__key_size", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__value_size", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__max_entries", c_uint32, [BpfMapPtr], UNCHECKED),
+    ("bpf_map__map_flags", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__is_internal", c_bool, [BpfMapPtr], UNCHECKED),
+    ("bpf_map__btf_key_type_id", c_uint32, [BpfMapPtr], UNCHECKED),
+    ("bpf_map__btf_value_type_id", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__set_max_entries", c_int, [BpfMapPtr, c_uint32], NEG_ERRNO),
     ("bpf_map__set_initial_value", c_int, [BpfMapPtr, c_void_p, c_size_t], NEG_ERRNO),
     ("bpf_map__initial_value", c_void_p, [BpfMapPtr, POINTER(c_size_t)], UNCHECKED),
@@ -332,6 +383,8 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_program__type", c_int, [BpfProgramPtr], UNCHECKED),
     ("bpf_program__expected_attach_type", c_int, [BpfProgramPtr], UNCHECKED),
     ("bpf_program__insn_cnt", c_size_t, [BpfProgramPtr], UNCHECKED),
+    # -EINVAL for a section whose programs attach without an attach type (e.g. "syscall").
+    ("libbpf_attach_type_by_name", c_int, [c_char_p, POINTER(c_int)], NEG_ERRNO),
     ("bpf_program__autoload", c_bool, [BpfProgramPtr], UNCHECKED),
     ("bpf_program__set_autoload", c_int, [BpfProgramPtr, c_bool], NEG_ERRNO),
     ("bpf_program__attach_cgroup", BpfLinkPtr, [BpfProgramPtr, c_int], NULL_ERRNO),
@@ -341,6 +394,13 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_enable_stats", c_int, [c_int], NEG_ERRNO),
     ("bpf_obj_get_info_by_fd", c_int, [c_int, c_void_p, _u32p], NEG_ERRNO),
     ("bpf_obj_get", c_int, [c_char_p], NEG_ERRNO),
+    # BTF
+    ("btf__type_cnt", c_uint32, [BtfPtr], UNCHECKED),
+    ("btf__type_by_id", POINTER(BtfTypeRecord), [BtfPtr, c_uint32], NULL_ERRNO),
+    ("btf__name_by_offset", c_char_p, [BtfPtr, c_uint32], UNCHECKED),
+    ("btf__find_by_name_kind", c_int, [BtfPtr, c_char_p, c_uint32], NEG_ERRNO),
+    ("btf__resolve_type", c_int, [BtfPtr, c_uint32], NEG_ERRNO),
+    ("btf__resolve_size", c_int64, [BtfPtr, c_uint32], NEG_ERRNO),
     # bpf_link
     ("bpf_link__open", BpfLinkPtr, [c_char_p], NULL_ERRNO),
     ("bpf_link__fd", c_int, [BpfLinkPtr], NEG_ERRNO),

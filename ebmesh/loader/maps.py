@@ -284,6 +284,20 @@ class ObjectMap(MapAccess):
         return lib.bpf_map__max_entries(self._live())
 
     @property
+    def flags(self) -> int:
+        return lib.bpf_map__map_flags(self._live())
+
+    @property
+    def btf_key_type_id(self) -> int:
+        """The key's type (`__type(key, ...)`) in the object's BTF; 0 if it has none."""
+        return lib.bpf_map__btf_key_type_id(self._live())
+
+    @property
+    def btf_value_type_id(self) -> int:
+        """The value's type (`__type(value, ...)`) in the object's BTF; 0 if it has none."""
+        return lib.bpf_map__btf_value_type_id(self._live())
+
+    @property
     def is_internal(self) -> bool:
         """True for the maps libbpf makes of .data/.rodata/.bss/.kconfig sections."""
         return bool(lib.bpf_map__is_internal(self._live()))

@@ -7,6 +7,7 @@ import re
 
 from ..errors import LibbpfError
 from ._common import OwnedResource, annotate, with_detail
+from .btf import Btf
 from .libbpf import BpfObjectOpenOpts, lib
 from .maps import ObjectMap
 from .privileges import require_bpf_privileges
@@ -91,6 +92,12 @@ class BpfObject(OwnedResource):
         if self._handle is None:
             raise ValueError(f"BPF object {self._name!r} is closed")
         return self._handle
+
+    @property
+    def btf(self) -> Btf | None:
+        """The object's BTF as libbpf holds it (None if it has none); valid until close()."""
+        handle = lib.bpf_object__btf(self._live())
+        return Btf(handle, self) if handle else None
 
     # --- load and close --------------------------------------------------------------
 

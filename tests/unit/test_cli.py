@@ -25,7 +25,7 @@ from elftools.elf.elffile import ELFFile
 
 from ebmesh.cli import UsageError, parse_destination
 from ebmesh.loader import AttachType, query_cgroup
-from ebmesh.toolchain.inspect import inspect_object
+from ebmesh.loader.inspect import inspect_object
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop.mesh"

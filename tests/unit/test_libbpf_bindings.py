@@ -95,7 +95,10 @@ def test_every_bound_function_has_argtypes_restype_and_check(table):
                 restype, (ctypes._Pointer, ctypes.c_void_p)
             ), name
         if check == binding.NEG_ERRNO:
-            assert restype is ctypes.c_int, f"{name}: negative-errno check on a non-int result"
+            # int, or __s64 for btf__resolve_size
+            assert restype in (ctypes.c_int, ctypes.c_int64), (
+                f"{name}: negative-errno check on a result that is not a signed integer"
+            )
 
 
 def test_names_outside_the_table_are_not_reachable():
@@ -174,6 +177,12 @@ STRUCT_LAYOUTS = {
         },
     ),
     binding.BpfMapInfo: (88, {"name": 24, "netns_dev": 48, "map_extra": 80}),
+    binding.BtfTypeRecord: (12, {"info": 4, "size_or_type": 8}),
+    binding.BtfArrayRecord: (12, {"index_type": 4, "nelems": 8}),
+    binding.BtfMemberRecord: (12, {"type": 4, "offset": 8}),
+    binding.BtfParamRecord: (8, {"type": 4}),
+    binding.BtfVarRecord: (4, {"linkage": 0}),
+    binding.BtfVarSecinfoRecord: (12, {"offset": 4, "size": 8}),
 }
 
 

@@ -15,7 +15,7 @@ struct event {
 	__u64 seq;
 };
 
-/* Set from user space with BpfMap.set_initial_value before load. */
+/* Set from user space with ObjectMap.set_initial_value before load. */
 const volatile __u32 cfg_multiplier = 1;
 const volatile __u32 cfg_magic = 0;
 
