@@ -26,7 +26,9 @@ setup(
         # which has moved between minor versions: the next minor is untested.
         "lark>=1.1.9,<1.4",
         "pydantic>=2.5,<3",
-        "pyelftools>=0.30",
+        "pyelftools>=0.30,<1",
+        # inotify for the cgroup tree an attachment watches (ebmesh/runtime/watcher.py)
+        "inotify_simple>=1.3,<3",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],

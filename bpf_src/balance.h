@@ -14,7 +14,7 @@ static __always_inline const struct backend *live_backend(__u32 id, __u32 servic
 
 /* Walker's alias method: a uniform slot (Lemire's multiply-shift, no
  * division), then its primary or its alias by a second uniform draw. */
-static __always_inline const struct backend *pick_backend(const struct service_info *service, __u32 *id)
+static __always_inline const struct backend *pick_backend(const struct service_entry *service, __u32 *id)
 {
 	struct slot_key key = {
 		.service = service->identity,
@@ -78,30 +78,39 @@ static __always_inline void fill_udp_translation_key(struct udp_translation_key 
 	__builtin_memcpy(key->backend_addr, backend_addr, 16);
 }
 
-/*
- * What a socket's traffic with (addr, port) was translated from, if it went
- * to a service: the note of a connected socket, or for an unconnected UDP
- * socket (`datagram`) the translation kept per backend under its cookie.
- */
-static __always_inline const struct translation *translation_of(struct bpf_sock *sk, bool datagram, __u64 cookie,
-							       __u8 family, const __u32 *addr, __u16 port)
+/* The service an unconnected UDP socket sent to (addr, port) through, if it did. */
+static __always_inline const struct translation *udp_translation_of(__u64 cookie, __u8 family, const __u32 *addr,
+								   __u16 port)
 {
-	const struct translation *translation = NULL;
-	struct socket_note *note;
+	const struct translation *translation;
 	struct udp_translation_key key;
 
 	if (!POLICY_HAS_SERVICES)
 		return NULL;
-	note = bpf_sk_storage_get(&socket_notes, sk, 0, 0);
-	if (note)
-		translation = &note->translation;
-	if (!translation && datagram) {
-		fill_udp_translation_key(&key, cookie, family, addr, port);
-		translation = bpf_map_lookup_elem(&udp_translations, &key);
-	}
+	fill_udp_translation_key(&key, cookie, family, addr, port);
+	translation = bpf_map_lookup_elem(&udp_translations, &key);
 	if (translation && translation_matches(translation, family, addr, port))
 		return translation;
 	return NULL;
+}
+
+/* ---- a connected socket's service, in its priority (see PRIORITY_SERVICE_TAG) ---- */
+
+static __always_inline __u32 priority_with_service(__u32 priority, __u32 index)
+{
+	return PRIORITY_SERVICE_TAG | ((index + 1) << PRIORITY_SERVICE_SHIFT) | (priority & 0xffffu);
+}
+
+/* The service a connected socket was translated from, or NULL. */
+static __always_inline const struct service_entry *service_of_socket(const struct bpf_sock *sk)
+{
+	__u32 priority = sk->priority;
+	__u32 index;
+
+	if (!POLICY_HAS_SERVICES || (priority & PRIORITY_SERVICE_MASK) != PRIORITY_SERVICE_TAG)
+		return NULL;
+	index = (priority >> PRIORITY_SERVICE_SHIFT) & PRIORITY_SERVICE_INDEX;
+	return index ? service_by_index(index - 1) : NULL;
 }
 
 #endif /* EBMESH_BALANCE_H */

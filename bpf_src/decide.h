@@ -25,6 +25,7 @@
 #define PAIR_KIND(src, dst) (1u << ((src) * 3 + (dst)))
 #define POLICY_HAS_PAIRS(src, dst) ((POLICY_PAIR_KINDS & PAIR_KIND(src, dst)) != 0)
 #define POLICY_HAS_SRC(kind) ((POLICY_PAIR_KINDS & (0x7u << ((kind) * 3))) != 0)
+#define POLICY_HAS_DST(kind) ((POLICY_PAIR_KINDS & (0x49u << (kind))) != 0)
 
 static __always_inline __u32 min_rule(__u32 a, __u32 b)
 {
@@ -109,15 +110,29 @@ static __always_inline void match_source_side(__u32 src_kind, __u32 src_side, st
 	}
 }
 
-static __always_inline bool pair_authenticated(__u32 src_identity, __u32 dst_identity)
+/* Until when (src, dst) is authenticated; 0 if it is not. A pair with an end
+ * on another host is looked up with that host's address: the end that is not
+ * known by its cgroup. */
+static __always_inline __u64 authenticated_until(const struct flow *flow)
 {
-	struct auth_key key = { .src = src_identity, .dst = dst_identity };
+	struct auth_key key = { .src = flow->src_identity, .dst = flow->dst_identity };
 	struct auth_value *auth;
+	__u64 now;
 
-	if (src_identity == NO_IDENTITY || dst_identity == NO_IDENTITY)
-		return false;
+	if (flow->src_identity == NO_IDENTITY || flow->dst_identity == NO_IDENTITY)
+		return 0;
+	if (!(flow->flags & FLOW_SRC_BY_CGROUP)) {
+		key.family = flow->family;
+		__builtin_memcpy(key.host, flow->src_addr, 16);
+	} else if (!(flow->flags & FLOW_DST_BY_CGROUP)) {
+		key.family = flow->family;
+		__builtin_memcpy(key.host, flow->dst_addr, 16);
+	}
 	auth = bpf_map_lookup_elem(&authenticated_pairs, &key);
-	return auth && auth->expires_ns > bpf_ktime_get_ns();
+	if (!auth)
+		return 0;
+	now = bpf_ktime_get_ns();
+	return auth->expires_ns > now ? auth->expires_ns : 0;
 }
 
 /* Decide `flow` into `out`. Resolves the identities the flow asks to find by
@@ -185,8 +200,18 @@ __noinline int decide(struct flow *flow, struct decision *out)
 	if (POLICY_HAS_MTLS_REQUIRED && verdict == VERDICT_ALLOW &&
 	    (identity_flags(flow->dst_identity) & IDENTITY_MTLS_REQUIRED))
 		flags |= DECISION_NEEDS_MTLS;
-	if ((flags & DECISION_NEEDS_MTLS) && !pair_authenticated(flow->src_identity, flow->dst_identity))
-		verdict = VERDICT_DENY;
+	out->auth_expires_ns = 0;
+	if (flags & DECISION_NEEDS_MTLS) {
+		__u64 until = authenticated_until(flow);
+
+		if (until) {
+			out->auth_expires_ns = until;
+		} else {
+			verdict = VERDICT_DENY;
+			flags |= DECISION_UNAUTHENTICATED;
+			out->auth_expires_ns = ~0ull; /* until the pairs change (auth_state.epoch) */
+		}
+	}
 
 	if (POLICY_MODE_AUDIT && verdict == VERDICT_DENY) {
 		verdict = VERDICT_ALLOW;

@@ -42,6 +42,7 @@ enum direction {
 #define DECISION_AUDIT_MATCH     (1u << 3) /* an audit rule matched (decision.audit_rule) */
 #define DECISION_NO_BACKEND      (1u << 4) /* allowed to a service that has no backend: refused */
 #define DECISION_TOO_DEEP        (1u << 5) /* the local socket's cgroup is nested too deep: refused */
+#define DECISION_UNAUTHENTICATED (1u << 6) /* refused for want of authentication (NEEDS_MTLS) */
 
 /* flow.flags */
 #define FLOW_SRC_ADDRESS_KNOWN   (1u << 0) /* src_addr is meaningful */
@@ -127,8 +128,14 @@ struct identity_info {
  * probability weight/sum(weights) by Walker's alias method: a uniform slot,
  * then the slot's primary or its alias by a second coin. O(1) whatever the
  * number of backends. Each service has two slot tables (generations); a live
- * change fills the idle one and then flips service_info.generation, so a
- * connect sees either the old table or the new one, never half of each. */
+ * change fills the idle one and then flips service_entry.generation, so a
+ * connect sees either the old table or the new one, never half of each.
+ *
+ * Every connect asks "is this a VIP?", so the answer must be cheap: services
+ * are numbered 0..N-1 (their index), and service_index is a direct-mapped
+ * array over a hash of the key: a slot holding another key, with no
+ * SERVICE_SLOT_OVERFLOW, means "not a service" without a second probe. Keys
+ * that collide go to the services hash as well (userspace decides). */
 struct service_key {
 	__u8 family;
 	__u8 protocol;
@@ -136,11 +143,21 @@ struct service_key {
 	__u32 addr[4];
 };
 
-struct service_info {
+#define SERVICE_SLOT_USED     (1u << 0)
+#define SERVICE_SLOT_OVERFLOW (1u << 1) /* some key hashing here lives in `services` */
+
+struct service_slot {
+	struct service_key key;
+	__u32 index; /* into service_entries */
+	__u32 flags; /* SERVICE_SLOT_* */
+};
+
+struct service_entry {
+	struct service_key key;
 	__u32 identity;
-	__u32 reserved;
 	__u32 generation; /* which slot table is live: 0 or 1 */
 	__u32 slot_count; /* slots in it; 0: no backend of nonzero weight */
+	__u32 index;      /* its own index in service_entries */
 };
 
 struct slot_key {
@@ -174,20 +191,20 @@ struct translation {
 	__u32 backend_addr[4];
 	__u16 vip_port;     /* network byte order */
 	__u16 backend_port; /* network byte order */
-	__u32 service;
+	__u32 service;      /* its index */
 	__u8 family;
 	__u8 reserved[3];
 };
 
-/* Kept with each socket connected to a service (socket storage, freed with
- * the socket). Its egress passes on that connect() judged the flow, so the
- * backend's ingress, seeing the same two parties, does not judge it again. */
-struct socket_note {
-	struct translation translation;
-	__u32 src_identity;
-	__u32 src_addr[4]; /* the source address connect() judged with; zero if unknown then */
-	__u32 reserved;
-};
+/* A socket connected to a service (TCP, or UDP after connect()) carries the
+ * service in the upper half of its SO_PRIORITY (TC_H_MAJ), which
+ * getpeername and the backend's ingress read back: creating socket storage
+ * for it costs about a microsecond, setting the priority a tenth of that.
+ * The lower half, all that qdiscs' priority maps read, keeps its value. */
+#define PRIORITY_SERVICE_TAG   0xe0000000u /* TC handles 0xe000: to 0xefff: are ebmesh's */
+#define PRIORITY_SERVICE_MASK  0xf0000000u
+#define PRIORITY_SERVICE_SHIFT 16
+#define PRIORITY_SERVICE_INDEX 0x0fffu     /* service index + 1 in bits 16..27 */
 
 struct udp_translation_key {
 	__u64 cookie; /* the socket's */
@@ -211,9 +228,10 @@ struct affinity {
 };
 
 /* ---- flows: what a sender's egress tells the receiver's ingress ----------------
- * On one host every loopback connection comes from 127.0.0.1; the sender's
- * cgroup is the only thing that tells who it is. Its egress records the
- * packet's 5-tuple with the sender's identity; ingress looks it up. */
+ * Within a network namespace, ingress finds a local sender by its socket.
+ * Across namespaces of one host it cannot: there the recorder (cgroup_skb
+ * egress, attached only when the mesh spans namespaces) writes each new
+ * flow's 5-tuple with the sender's identity, and ingress looks it up. */
 struct flow_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
@@ -236,13 +254,65 @@ struct flow_record {
 	__u32 reserved;
 };
 
-/* ---- UDP replies ------------------------------------------------------------------
+/* ---- who a socket is: cgroup -> identity ---------------------------------------
+ * Userspace maps every cgroup below the attach cgroup to its identity (the
+ * nearest workload cgroup at or above it; NO_IDENTITY for none) in a
+ * direct-mapped array indexed by the cgroup id's low bits, so the hooks
+ * resolve a socket in one array probe; a cgroup whose slot is taken goes to
+ * the cgroup_workloads hash instead. A cgroup not mapped yet (just created)
+ * is resolved through its parents. */
+struct cgroup_slot {
+	__u64 cgroup_id;
+	__u32 identity;
+	__u32 reserved;
+};
+
+/* ---- where a connect goes: local listeners ----------------------------------------
+ * A direct-mapped table of the listeners ingress has seen (and connect() has
+ * looked up), so that connect() knows a local destination's workload without
+ * a socket lookup. Written by the hooks themselves, so entries are checked:
+ * `check` covers key and value (a torn write reads as a miss), `cookie` names
+ * the listening socket (ingress compares it with its own), `seen_ns` ages an
+ * entry out. */
+struct listener_key {
+	__u32 netns;  /* the namespace's inode number */
+	__u8 family;
+	__u8 protocol;
+	__u16 port;   /* network byte order */
+	__u32 addr[4];
+};
+
+struct listener_slot {
+	struct listener_key key;
+	__u64 cookie;
+	__u64 seen_ns;
+	__u32 identity;
+	__u32 check;
+};
+
+/* ---- UDP: which peers a socket may talk to ---------------------------------------
  * A UDP server answers with sendmsg(), which is egress like any other. An
- * allowed datagram entering a workload lets the receiving socket answer its
- * sender for a while, as a stateful firewall would. The socket is named by its
- * cookie: its local address may be a wildcard, unknown at sendmsg time. */
+ * allowed datagram, in or out, lets the socket and that peer keep talking for
+ * a while (UDP_PEER_WINDOW_NS), as a stateful firewall would: the socket keeps
+ * its recent peers in its own storage (freed with it), and every peer is also
+ * kept in udp_replies, which does not forget under pressure. */
+#define UDP_PEERS 8
+
+struct udp_peer {
+	__u32 addr[4];
+	__u16 port; /* network byte order */
+	__u8 family;
+	__u8 reserved;
+	__u32 reserved2;
+	__u64 seen_ns;
+};
+
+struct socket_state {
+	struct udp_peer peers[UDP_PEERS];
+};
+
 struct reply_key {
-	__u64 cookie; /* the receiving socket's */
+	__u64 cookie; /* the local socket's */
 	__u32 remote_addr[4];
 	__u16 remote_port; /* network byte order */
 	__u8 family;
@@ -254,14 +324,52 @@ struct reply_value {
 	__u64 seen_ns;
 };
 
-/* ---- mTLS: authenticated (source, destination) identity pairs ------------------- */
+/* ---- mTLS: authenticated (source, destination) identity pairs -------------------
+ * A pair between two local workloads has a zero host; a pair with a workload
+ * on another host is bound to that host's address too, so that an address
+ * reused or spoofed elsewhere does not ride it. */
 struct auth_key {
 	__u32 src;
 	__u32 dst;
+	__u32 host[4];
+	__u8 family; /* 0 for a local pair */
+	__u8 reserved[3];
 };
 
 struct auth_value {
 	__u64 expires_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+};
+
+/* Bumped by userspace whenever authenticated_pairs changes: cached verdicts
+ * that depended on authentication are then taken afresh. */
+struct auth_state {
+	__u32 epoch;
+	__u32 reserved;
+};
+
+/* ---- notices: what the datapath asks of userspace -----------------------------------
+ * A connection refused for want of authentication (the authenticator
+ * should authenticate the pair), and the first socket of the mesh seen in
+ * another network namespace (the recorder is needed). */
+#define NOTICE_AUTH_NEEDED     1
+#define NOTICE_FOREIGN_NETNS   2
+
+struct notice {
+	__u32 kind;
+	__u32 src;
+	__u32 dst;
+	__u32 netns;
+	__u32 host[4];
+	__u8 family;
+	__u8 reserved[3];
+	__u32 reserved2;
+};
+
+#define SIGNAL_FOREIGN_NETNS_SEEN (1u << 0)
+
+struct datapath_signals {
+	__u32 flags; /* SIGNAL_* already sent */
+	__u32 reserved;
 };
 
 /* ---- decision ---------------------------------------------------------------------- */
@@ -277,6 +385,7 @@ struct flow {
 	__u8 direction;
 	__u8 reserved;
 	__u32 flags; /* FLOW_* */
+	__u32 reserved2;
 };
 
 struct decision {
@@ -284,6 +393,33 @@ struct decision {
 	__u32 rule;       /* deciding rule id, 0 when the default decided */
 	__u32 audit_rule; /* earliest matching audit rule, 0 if none */
 	__u32 flags;      /* DECISION_* */
+	__u64 auth_expires_ns; /* with NEEDS_MTLS: until when the verdict holds (CLOCK_MONOTONIC) */
+};
+
+/* ---- verdict cache ------------------------------------------------------------------
+ * decide()'s answer for its inputs, per CPU, direct-mapped over a hash of them.
+ * A hit skips the address classification and the rule lookups. Decisions that
+ * needed authentication are valid while their pair's authentication is
+ * (auth_epoch, expires_ns). */
+struct verdict_key {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 src_addr[4];
+	__u32 dst_addr[4];
+	__u16 dst_port;
+	__u8 protocol;
+	__u8 family;
+	__u32 flags; /* the FLOW_* that decide() reads */
+};
+
+struct verdict_entry {
+	struct verdict_key key;
+	struct decision decision;
+	__u32 src_identity; /* as decide() resolved them */
+	__u32 dst_identity;
+	__u32 auth_epoch;
+	__u32 check;
+	__u64 expires_ns;
 };
 
 /* One verdict, as userspace reads it from the verdict_events ring buffer. */
@@ -319,12 +455,16 @@ struct evaluate_request {
 
 struct runtime_config {
 	__u64 attach_cgroup_id;
-	__u32 events;            /* EVENTS_* */
+	__u32 events;             /* EVENTS_* */
+	__u32 home_netns;         /* inode number of the namespace ebmesh attached from */
+	__u32 cgroup_index_mask;  /* cgroup_index has mask + 1 slots */
+	__u32 service_index_mask; /* service_index has mask + 1 slots */
 	__u8 v4_length_count;
 	__u8 v6_length_count;
 	__u8 reserved[2];
-	__u8 v4_lengths[36];     /* ascending; the first v4_length_count count */
+	__u8 v4_lengths[36];      /* ascending; the first v4_length_count count */
 	__u8 v6_lengths[132];
+	__u32 reserved2;
 };
 
 #define EVENTS_NONE 0

@@ -26,12 +26,15 @@ enum packet_kind {
 	PACKET_UNREADABLE, /* headers that cannot be walked: treated as hostile */
 };
 
-/* Fills `packet` for TCP and UDP over IPv4/IPv6. */
-static __always_inline enum packet_kind read_packet(struct __sk_buff *skb, struct packet *packet)
+/* Fills `packet` for TCP and UDP over IPv4/IPv6. Global: the headers it reads
+ * sit on its own stack, not on the stack of the hook that also calls decide(). */
+__noinline int read_packet(struct __sk_buff *skb, struct packet *packet)
 {
 	__u32 l4_offset;
 	__u8 protocol;
 
+	if (!skb || !packet)
+		return PACKET_UNREADABLE;
 	__builtin_memset(packet, 0, sizeof(*packet));
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;

@@ -1,53 +1,92 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Time windows of the flow state, and the answers UDP sockets may send. */
+/*
+ * UDP as a stateful firewall sees it: once a datagram between a socket and a
+ * peer is allowed (either way), the two may go on talking, replies included,
+ * for UDP_PEER_WINDOW_NS after the last one, without a verdict per datagram.
+ *
+ * The socket keeps its recent peers in its own storage (a few, direct-mapped:
+ * it forgets under pressure, and is read in a few instructions). Each new
+ * peer is also written, once, to udp_replies, an LRU map which costs a
+ * microsecond to write but does not forget a live flow.
+ */
 #ifndef EBMESH_REPLIES_H
 #define EBMESH_REPLIES_H
 
-/* How long a UDP flow's record stays fresh before its sender refreshes it. */
+/* conntrack's default for an unreplied UDP flow */
+#define UDP_PEER_WINDOW_NS (30ull * 1000 * 1000 * 1000)
+/* How long a sender's record (the recorder's, across namespaces) is believed
+ * at ingress. Every SYN and every UDP datagram older than FLOW_REFRESH_NS
+ * rewrites it on its way out, so a live sender's record is always younger. */
 #define FLOW_REFRESH_NS (1000ull * 1000 * 1000)
-/* How long a sender's record is believed at ingress. Every SYN (retransmits
- * too) and every UDP datagram older than FLOW_REFRESH_NS rewrites it on its
- * way out, so a live sender's record is always younger than this; an old one
- * is ignored, lest a process outside the mesh that reuses the port inherits
- * the workload's identity. */
 #define FLOW_TRUST_NS (2 * FLOW_REFRESH_NS)
-/* How long an answer to a UDP datagram passes without a verdict of its own
- * (conntrack's default for an unreplied UDP flow is 30 s). */
-#define UDP_REPLY_WINDOW_NS (30ull * 1000 * 1000 * 1000)
 
 static __always_inline bool recent(__u64 seen_ns, __u64 window_ns)
 {
 	return bpf_ktime_get_ns() - seen_ns < window_ns;
 }
 
-/* Did the socket `cookie` let a datagram from (addr, port) in lately? Then it
- * may answer that peer, and the peer's next datagrams belong to the same
- * flow, as conntrack would see it. */
-static __always_inline bool allowed_peer(__u64 cookie, __u8 family, const __u32 *addr, __u16 port)
+static __always_inline __u32 peer_slot(__u8 family, const __u32 *addr, __u16 port)
 {
-	struct reply_key key = {
-		.cookie = cookie,
-		.remote_port = port,
-		.family = family,
-	};
-	struct reply_value *reply;
-
-	__builtin_memcpy(key.remote_addr, addr, 16);
-	reply = bpf_map_lookup_elem(&udp_replies, &key);
-	return reply && recent(reply->seen_ns, UDP_REPLY_WINDOW_NS);
+	return mix32(mix_words(family, addr, 4), port) & (UDP_PEERS - 1);
 }
 
-/* An allowed datagram entered the socket `cookie`: see allowed_peer(). */
-static __always_inline void allow_answers(__u64 cookie, const struct flow_key *packet)
+/* Has `state`'s socket talked with (addr, port) lately? */
+static __always_inline bool knows_peer(const struct socket_state *state, __u8 family, const __u32 *addr, __u16 port)
 {
-	struct reply_key key = {
-		.cookie = cookie,
-		.remote_port = packet->sport,
-		.family = packet->family,
-	};
+	const struct udp_peer *peer;
+
+	if (!state)
+		return false;
+	peer = &state->peers[peer_slot(family, addr, port)];
+	return peer->family == family && peer->port == port && same_words(peer->addr, addr, 4) &&
+	       recent(peer->seen_ns, UDP_PEER_WINDOW_NS);
+}
+
+static __always_inline struct socket_state *state_of(struct bpf_sock *sk, bool create)
+{
+	return bpf_sk_storage_get(&socket_states, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+}
+
+static __always_inline void note_peer(struct socket_state *state, __u8 family, const __u32 *addr, __u16 port)
+{
+	struct udp_peer *peer;
+
+	if (!state)
+		return;
+	peer = &state->peers[peer_slot(family, addr, port)];
+	peer->family = family;
+	peer->port = port;
+	__builtin_memcpy(peer->addr, addr, 16);
+	peer->seen_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline void fill_reply_key(struct reply_key *key, __u64 cookie, __u8 family, const __u32 *addr,
+					   __u16 port)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->cookie = cookie;
+	key->family = family;
+	key->remote_port = port;
+	__builtin_memcpy(key->remote_addr, addr, 16);
+}
+
+/* A peer the socket `cookie` was allowed to talk with lately (the store that does not forget). */
+static __always_inline bool recorded_peer(__u64 cookie, __u8 family, const __u32 *addr, __u16 port)
+{
+	struct reply_key key;
+	struct reply_value *reply;
+
+	fill_reply_key(&key, cookie, family, addr, port);
+	reply = bpf_map_lookup_elem(&udp_replies, &key);
+	return reply && recent(reply->seen_ns, UDP_PEER_WINDOW_NS);
+}
+
+static __always_inline void record_peer(__u64 cookie, __u8 family, const __u32 *addr, __u16 port)
+{
+	struct reply_key key;
 	struct reply_value reply = { .seen_ns = bpf_ktime_get_ns() };
 
-	__builtin_memcpy(key.remote_addr, packet->saddr, 16);
+	fill_reply_key(&key, cookie, family, addr, port);
 	bpf_map_update_elem(&udp_replies, &key, &reply, BPF_ANY);
 }
 

@@ -104,21 +104,39 @@ static __always_inline void write_user_address(struct bpf_sock_addr *ctx, __u8 h
 }
 
 /*
- * The identity of the local socket that will receive a flow to
- * (dst_addr, dst_port), if there is one in this network namespace and it
- * belongs to this attachment. A wildcard listener counts only for loopback
- * destinations: for other addresses the lookup cannot tell a local address
- * from a remote one, so the destination is then known by address here and
- * by its cgroup at ingress.
+ * The identity of the local listener a flow to (dst_addr, dst_port) reaches,
+ * if there is one in this network namespace and it belongs to this
+ * attachment; OUTSIDE_ATTACHMENT otherwise.
+ *
+ * First the listener table (the listeners ingress has seen); `from_table`
+ * says the answer came from there. Else a socket lookup, where a wildcard
+ * listener counts only for a loopback destination: for another address the
+ * lookup cannot tell a local address from a remote one (once a connection
+ * reaches the listener, ingress records it under that address).
+ * Global: connect() may call it twice, and the verifier checks it once.
  */
-static __always_inline __u32 local_destination(struct bpf_sock_addr *ctx, const struct flow *flow)
+__noinline __u32 local_destination(struct bpf_sock_addr *ctx, const struct flow *flow, __u32 netns, __u32 use_table,
+				   __u32 *from_table)
 {
 	struct bpf_sock_tuple tuple = {};
+	struct listener_key key;
+	const struct listener_slot *known;
 	struct bpf_sock *peer;
 	__u32 identity = OUTSIDE_ATTACHMENT;
 	__u32 size;
 	bool bound_to_destination;
 
+	if (!ctx || !flow || !from_table)
+		return OUTSIDE_ATTACHMENT;
+	*from_table = 0;
+	if (use_table) {
+		fill_listener_key(&key, netns, flow->family, flow->protocol, flow->dst_addr, bpf_htons(flow->dst_port));
+		known = known_listener(&key);
+		if (known) {
+			*from_table = 1;
+			return known->identity;
+		}
+	}
 	if (flow->family == FAMILY_IPV4) {
 		tuple.ipv4.daddr = flow->dst_addr[0];
 		tuple.ipv4.dport = bpf_htons(flow->dst_port);
@@ -146,18 +164,6 @@ static __always_inline __u32 local_destination(struct bpf_sock_addr *ctx, const 
 		identity = workload_of_socket(peer, false);
 	bpf_sk_release(peer);
 	return identity;
-}
-
-static __always_inline const struct service_info *service_at(const struct flow *flow)
-{
-	struct service_key key = {
-		.family = flow->family,
-		.protocol = flow->protocol,
-		.port = bpf_htons(flow->dst_port),
-	};
-
-	__builtin_memcpy(key.addr, flow->dst_addr, 16);
-	return bpf_map_lookup_elem(&services, &key);
 }
 
 #endif /* EBMESH_SOCKADDR_H */

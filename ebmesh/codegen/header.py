@@ -35,6 +35,10 @@ def render_policy_header(shape: PolicyShape) -> str:
         if shape.has_mtls_required
         else "/* No workload says `mtls required`. */",
         f"#define POLICY_HAS_MTLS_REQUIRED {int(shape.has_mtls_required)}",
+        "/* Some verdict may need an authenticated pair. */"
+        if shape.has_mtls
+        else "/* No verdict needs authentication. */",
+        f"#define POLICY_HAS_MTLS {int(shape.has_mtls)}",
         "/* The policy declares services: translations to look for. */"
         if shape.has_services
         else "/* No services: no translation anywhere. */",

@@ -36,6 +36,7 @@ DECISION_NEEDS_MTLS = 1 << 2
 DECISION_AUDIT_MATCH = 1 << 3
 DECISION_NO_BACKEND = 1 << 4
 DECISION_TOO_DEEP = 1 << 5
+DECISION_UNAUTHENTICATED = 1 << 6
 
 BACKEND_LIVE = 1 << 0
 
@@ -109,8 +110,22 @@ class ServiceKey(Struct):
     _fields_ = [("family", u8), ("protocol", u8), ("port", u16), ("addr", Address)]
 
 
-class ServiceInfo(Struct):
-    _fields_ = [("identity", u32), ("reserved", u32), ("generation", u32), ("slot_count", u32)]
+SERVICE_SLOT_USED = 1 << 0
+SERVICE_SLOT_OVERFLOW = 1 << 1
+
+
+class ServiceSlot(Struct):
+    _fields_ = [("key", ServiceKey), ("index", u32), ("flags", u32)]
+
+
+class ServiceEntry(Struct):
+    _fields_ = [
+        ("key", ServiceKey),
+        ("identity", u32),
+        ("generation", u32),
+        ("slot_count", u32),
+        ("index", u32),
+    ]
 
 
 class SlotKey(Struct):
@@ -134,15 +149,6 @@ class Translation(Struct):
         ("service", u32),
         ("family", u8),
         ("reserved", u8 * 3),
-    ]
-
-
-class SocketNote(Struct):
-    _fields_ = [
-        ("translation", Translation),
-        ("src_identity", u32),
-        ("src_addr", Address),
-        ("reserved", u32),
     ]
 
 
@@ -204,12 +210,82 @@ class ReplyValue(Struct):
     _fields_ = [("seen_ns", u64)]
 
 
+class CgroupSlot(Struct):
+    _fields_ = [("cgroup_id", u64), ("identity", u32), ("reserved", u32)]
+
+
+class ListenerKey(Struct):
+    _fields_ = [("netns", u32), ("family", u8), ("protocol", u8), ("port", u16), ("addr", Address)]
+
+
+class ListenerSlot(Struct):
+    _fields_ = [
+        ("key", ListenerKey),
+        ("cookie", u64),
+        ("seen_ns", u64),
+        ("identity", u32),
+        ("check", u32),
+    ]
+
+
+UDP_PEERS = 8
+
+
+class UdpPeer(Struct):
+    _fields_ = [
+        ("addr", Address),
+        ("port", u16),
+        ("family", u8),
+        ("reserved", u8),
+        ("reserved2", u32),
+        ("seen_ns", u64),
+    ]
+
+
+class SocketState(Struct):
+    _fields_ = [("peers", UdpPeer * UDP_PEERS)]
+
+
 class AuthKey(Struct):
-    _fields_ = [("src", u32), ("dst", u32)]
+    _fields_ = [
+        ("src", u32),
+        ("dst", u32),
+        ("host", Address),
+        ("family", u8),
+        ("reserved", u8 * 3),
+    ]
 
 
 class AuthValue(Struct):
     _fields_ = [("expires_ns", u64)]
+
+
+class AuthState(Struct):
+    _fields_ = [("epoch", u32), ("reserved", u32)]
+
+
+NOTICE_AUTH_NEEDED = 1
+NOTICE_FOREIGN_NETNS = 2
+
+
+class Notice(Struct):
+    _fields_ = [
+        ("kind", u32),
+        ("src", u32),
+        ("dst", u32),
+        ("netns", u32),
+        ("host", Address),
+        ("family", u8),
+        ("reserved", u8 * 3),
+        ("reserved2", u32),
+    ]
+
+
+SIGNAL_FOREIGN_NETNS_SEEN = 1 << 0
+
+
+class DatapathSignals(Struct):
+    _fields_ = [("flags", u32), ("reserved", u32)]
 
 
 class Flow(Struct):
@@ -225,11 +301,43 @@ class Flow(Struct):
         ("direction", u8),
         ("reserved", u8),
         ("flags", u32),
+        ("reserved2", u32),
     ]
 
 
 class Decision(Struct):
-    _fields_ = [("verdict", u32), ("rule", u32), ("audit_rule", u32), ("flags", u32)]
+    _fields_ = [
+        ("verdict", u32),
+        ("rule", u32),
+        ("audit_rule", u32),
+        ("flags", u32),
+        ("auth_expires_ns", u64),
+    ]
+
+
+class VerdictKey(Struct):
+    _fields_ = [
+        ("src_identity", u32),
+        ("dst_identity", u32),
+        ("src_addr", Address),
+        ("dst_addr", Address),
+        ("dst_port", u16),
+        ("protocol", u8),
+        ("family", u8),
+        ("flags", u32),
+    ]
+
+
+class VerdictEntry(Struct):
+    _fields_ = [
+        ("key", VerdictKey),
+        ("decision", Decision),
+        ("src_identity", u32),
+        ("dst_identity", u32),
+        ("auth_epoch", u32),
+        ("check", u32),
+        ("expires_ns", u64),
+    ]
 
 
 class VerdictEvent(Struct):
@@ -261,11 +369,15 @@ class RuntimeConfig(Struct):
     _fields_ = [
         ("attach_cgroup_id", u64),
         ("events", u32),
+        ("home_netns", u32),
+        ("cgroup_index_mask", u32),
+        ("service_index_mask", u32),
         ("v4_length_count", u8),
         ("v6_length_count", u8),
         ("reserved", u8 * 2),
         ("v4_lengths", u8 * 36),
         ("v6_lengths", u8 * 132),
+        ("reserved2", u32),
     ]
 
 
@@ -280,12 +392,12 @@ C_STRUCTS: dict[str, type[Struct]] = {
     "port_interval": PortInterval,
     "identity_info": IdentityInfo,
     "service_key": ServiceKey,
-    "service_info": ServiceInfo,
+    "service_slot": ServiceSlot,
+    "service_entry": ServiceEntry,
     "slot_key": SlotKey,
     "backend_slot": BackendSlot,
     "backend": Backend,
     "translation": Translation,
-    "socket_note": SocketNote,
     "udp_translation_key": UdpTranslationKey,
     "affinity_key": AffinityKey,
     "affinity": Affinity,
@@ -293,10 +405,20 @@ C_STRUCTS: dict[str, type[Struct]] = {
     "flow_record": FlowRecord,
     "reply_key": ReplyKey,
     "reply_value": ReplyValue,
+    "cgroup_slot": CgroupSlot,
+    "listener_key": ListenerKey,
+    "listener_slot": ListenerSlot,
+    "udp_peer": UdpPeer,
+    "socket_state": SocketState,
     "auth_key": AuthKey,
     "auth_value": AuthValue,
+    "auth_state": AuthState,
+    "notice": Notice,
+    "datapath_signals": DatapathSignals,
     "flow": Flow,
     "decision": Decision,
+    "verdict_key": VerdictKey,
+    "verdict_entry": VerdictEntry,
     "verdict_event": VerdictEvent,
     "rule_counter": RuleCounter,
     "evaluate_request": EvaluateRequest,

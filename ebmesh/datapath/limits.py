@@ -11,3 +11,7 @@ MAX_WEIGHT = 65535
 # How deep below the attach cgroup a socket's cgroup may sit and still be told
 # apart (MAX_CGROUP_NESTING in bpf_src/identity.h; a test holds both equal).
 MAX_CGROUP_NESTING = 32
+
+# Services of one mesh: a socket connected to a service carries the service's
+# index + 1 in 12 bits of its priority (bpf_src/ebmesh_types.h).
+MAX_SERVICES = 4095

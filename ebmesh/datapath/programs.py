@@ -1,19 +1,44 @@
-"""The object's programs, by the names the C gives them (bpf_src/ebmesh.bpf.c)."""
+"""The object's programs, by the names the C gives them (bpf_src/ebmesh.bpf.c),
+and which of them a policy needs attached."""
 
-# Hook programs, in the order they are attached: the recorder of senders
-# first, so that ingress never sees a flow its sender's egress missed.
-HOOK_PROGRAMS = (
-    "ebmesh_egress",
-    "ebmesh_ingress",
-    "ebmesh_getpeername4",
-    "ebmesh_getpeername6",
-    "ebmesh_recvmsg4",
-    "ebmesh_recvmsg6",
-    "ebmesh_connect4",
-    "ebmesh_connect6",
-    "ebmesh_sendmsg4",
-    "ebmesh_sendmsg6",
-)
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ebmesh.datapath.parties import Protocol, Service
+
+CONNECT = ("ebmesh_connect4", "ebmesh_connect6")
+SENDMSG = ("ebmesh_sendmsg4", "ebmesh_sendmsg6")
+INGRESS = ("ebmesh_ingress",)
+GETPEERNAME = ("ebmesh_getpeername4", "ebmesh_getpeername6")
+RECVMSG = ("ebmesh_recvmsg4", "ebmesh_recvmsg6")
+# Notes who sent each new flow that leaves a network namespace; needed only
+# when the mesh spans namespaces of this host.
+RECORDER = "ebmesh_recorder"
+
+# Every hook program, in the order they are attached: the recorder first, so
+# that ingress never sees a flow its sender's recorder missed; connect and
+# sendmsg last, so that nothing is translated before it can be translated back.
+HOOK_PROGRAMS = (RECORDER, *INGRESS, *GETPEERNAME, *RECVMSG, *CONNECT, *SENDMSG)
 
 # The SEC("syscall") harness behind `CompiledPolicy.evaluate`.
 EVALUATE_PROGRAM = "ebmesh_evaluate"
+
+
+def hooks_needed(services: Iterable[Service], *, recorder: bool) -> tuple[str, ...]:
+    """The hook programs to attach, in attach order.
+
+    connect, sendmsg and ingress judge every policy's traffic; getpeername
+    runs only where something may be translated back (a service: it also runs
+    at every accept(), so it is left out when there is none), recvmsg only
+    for UDP services.
+    """
+    services = tuple(services)
+    wanted = {*INGRESS, *CONNECT, *SENDMSG}
+    if services:
+        wanted.update(GETPEERNAME)
+    if any(s.protocol is Protocol.UDP for s in services):
+        wanted.update(RECVMSG)
+    if recorder:
+        wanted.add(RECORDER)
+    return tuple(name for name in HOOK_PROGRAMS if name in wanted)

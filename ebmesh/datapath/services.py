@@ -9,10 +9,13 @@ weight / sum(weights) to within 2**-32, in O(1) whatever their number.
 
 from __future__ import annotations
 
+import struct
+
 from ebmesh.datapath import abi
 from ebmesh.datapath.parties import Service
 
 _U32 = 1 << 32
+_SERVICE_KEY_SEED = 0x5E41CE5  # as bpf_src/tables.h seeds service_key_hash()
 
 
 def service_key(service: Service) -> bytes:
@@ -23,6 +26,20 @@ def service_key(service: Service) -> bytes:
         abi.network_order_port(service.port),
         *abi.address_words(service.vip.packed),
     )
+
+
+def mix32(hash_: int, word: int) -> int:
+    """bpf_src/tables.h's mix32(), on Python ints."""
+    hash_ = ((hash_ ^ word) * 0x9E3779B1) & 0xFFFFFFFF
+    return hash_ ^ (hash_ >> 16)
+
+
+def service_slot(key: bytes, mask: int) -> int:
+    """Where the datapath's service_at() probes for a packed `struct service_key`."""
+    hash_ = _SERVICE_KEY_SEED
+    for (word,) in struct.iter_unpack("<I", key):
+        hash_ = mix32(hash_, word)
+    return hash_ & mask
 
 
 def alias_table(weights: list[int]) -> list[tuple[int, int, int]]:

@@ -29,6 +29,7 @@ class PolicyShape:
     default_allow: bool
     mode_audit: bool
     has_mtls_required: bool
+    has_mtls: bool  # some rule says `mtls`, or some workload `mtls required`
     has_services: bool
     pair_kinds: int
     max_src_prefix_nesting: int

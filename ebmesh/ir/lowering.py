@@ -289,6 +289,8 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         default_allow=policy.default is Verdict.ALLOW,
         mode_audit=policy.mode is Mode.AUDIT,
         has_mtls_required=any(w.mtls_required for w in policy.workloads),
+        has_mtls=any(w.mtls_required for w in policy.workloads)
+        or any(r.mtls for r in policy.rules),
         has_services=bool(policy.services),
         pair_kinds=pair_kinds,
         max_src_prefix_nesting=max_depth["src"],

@@ -360,6 +360,7 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_map__btf_key_type_id", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__btf_value_type_id", c_uint32, [BpfMapPtr], UNCHECKED),
     ("bpf_map__set_max_entries", c_int, [BpfMapPtr, c_uint32], NEG_ERRNO),
+    ("bpf_map__reuse_fd", c_int, [BpfMapPtr, c_int], NEG_ERRNO),
     ("bpf_map__set_initial_value", c_int, [BpfMapPtr, c_void_p, c_size_t], NEG_ERRNO),
     ("bpf_map__initial_value", c_void_p, [BpfMapPtr, POINTER(c_size_t)], UNCHECKED),
     ("bpf_map__pin", c_int, [BpfMapPtr, c_char_p], NEG_ERRNO),

@@ -309,6 +309,12 @@ class ObjectMap(MapAccess):
         with annotate(f"map {self.name!r}: max_entries can only be set before load()"):
             lib.bpf_map__set_max_entries(self._live(), n)
 
+    def reuse_fd(self, fd: int) -> None:
+        """Use an existing map (of another object, or pinned) instead of creating this one
+        at load; its shape must match. Only before BpfObject.load()."""
+        with annotate(f"map {self.name!r}: reusing map fd {fd}"):
+            lib.bpf_map__reuse_fd(self._live(), fd)
+
     def set_initial_value(self, data: bytes) -> None:
         """Initial contents of a .data/.rodata/.bss map (e.g. `const volatile` config); before load."""
         handle = self._live()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ebmesh.datapath import abi
 from ebmesh.datapath.limits import MAX_WEIGHT
 from ebmesh.datapath.parties import IPAddress, Service, endpoint_text
-from ebmesh.datapath.services import alias_table, service_key
+from ebmesh.datapath.services import alias_table, service_key, service_slot
 from ebmesh.errors import EbmeshError
 from ebmesh.loader import possible_cpus
 
@@ -44,9 +44,15 @@ def parse_backend(text: str) -> Endpoint:
     return address, int(port)
 
 
+def service_index_size(services: tuple[Service, ...]) -> int:
+    """Slots of the datapath's service index: a power of two, at least twice the services."""
+    return max(1, 1 << (2 * len(services) - 1).bit_length()) if services else 1
+
+
 @dataclass
 class _ServiceState:
     service: Service
+    index: int
     generation: int = 0
     slot_counts: list[int] = field(default_factory=lambda: [0, 0])  # per generation
     ids: dict[Endpoint, int] = field(default_factory=dict)  # backend -> backend id
@@ -57,16 +63,18 @@ class Balancer:
     """Writes services, backends and slot tables into one loaded object's maps."""
 
     def __init__(self, maps, services: tuple[Service, ...], capacity: int):
-        self._services_map = maps["services"]
+        self._entries = maps["service_entries"]
         self._backends = maps["backends"]
         self._slots = maps["backend_slots"]
         self._counters = maps["backend_counters"]
         self.capacity = capacity
         self._free: deque[int] = deque(range(capacity))
         self._state: dict[str, _ServiceState] = {}
-        for service in services:
-            state = self._state[service.name] = _ServiceState(service, generation=1)
+        for index, service in enumerate(services):
+            state = self._state[service.name] = _ServiceState(service, index, generation=1)
             self._install(state, [((b.address, b.port), b.weight) for b in service.backends])
+        # The index is written last: until then no connect finds a service half set up.
+        _write_service_index(maps["service_index"], maps["services"], services)
 
     @staticmethod
     def capacity_for(services: tuple[Service, ...]) -> int:
@@ -123,9 +131,15 @@ class Balancer:
                 slot_key.pack(service.identity, generation, slot),
                 slot_value.pack(usable[primary][0], usable[alias][0], threshold, 0),
             )
-        self._services_map.update(
-            service_key(service),
-            abi.ServiceInfo.packer().pack(service.identity, 0, generation, len(table)),
+        self._entries.update(
+            _index(state.index),
+            abi.ServiceEntry.packer().pack(
+                *abi.ServiceKey.packer().unpack(service_key(service)),
+                service.identity,
+                generation,
+                len(table),
+                state.index,
+            ),
         )
         # Slots beyond the live count are unreachable: delete what the older table left.
         for slot in range(len(table), state.slot_counts[generation]):
@@ -173,3 +187,23 @@ class Balancer:
 
 def _index(number: int) -> bytes:
     return number.to_bytes(4, "little")
+
+
+def _write_service_index(index_map, overflow_map, services: tuple[Service, ...]) -> None:
+    """Each service at its slot of the direct-mapped index; a service whose slot is
+    taken goes to the overflow hash, and its slot says so (bpf_src/tables.h)."""
+    mask = index_map.max_entries - 1
+    slots: dict[int, tuple[bytes, int, int]] = {}  # slot -> (key, index, flags)
+    slot_packer = abi.ServiceSlot.packer()
+    key_fields = abi.ServiceKey.packer()
+    for number, service in enumerate(services):
+        key = service_key(service)
+        slot = service_slot(key, mask)
+        if slot not in slots:
+            slots[slot] = (key, number, abi.SERVICE_SLOT_USED)
+            continue
+        overflow_map.update(key, _index(number))
+        held_key, held_number, flags = slots[slot]
+        slots[slot] = (held_key, held_number, flags | abi.SERVICE_SLOT_OVERFLOW)
+    for slot, (key, number, flags) in slots.items():
+        index_map.update(_index(slot), slot_packer.pack(*key_fields.unpack(key), number, flags))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ebmesh.datapath import abi
 from ebmesh.datapath.image import DatapathImage
-from ebmesh.loader import BpfObject
-from ebmesh.runtime.balancing import Balancer
+from ebmesh.loader import BpfObject, MapAccess
+from ebmesh.runtime.balancing import Balancer, service_index_size
 
 EVENT_LEVELS = {"none": abi.EVENTS_NONE, "denied": abi.EVENTS_DENIED, "all": abi.EVENTS_ALL}
 
@@ -21,6 +22,11 @@ class LoadedImage:
         self.bpf.close()
 
 
+def home_netns() -> int:
+    """The inode number of this process's network namespace."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
 def load_image(
     image: DatapathImage,
     *,
@@ -28,11 +34,16 @@ def load_image(
     attach_cgroup_id: int = 0,
     events: str = "all",
     backend_capacity: int | None = None,
+    cgroup_slots: int = 1,
+    shared_maps: dict[str, MapAccess] | None = None,
 ) -> LoadedImage:
     """Open, size, configure, verify and fill a copy of the policy's object.
 
-    Only `programs` are loaded. The maps are full before this returns, so a
-    program attached afterwards never sees a half-written policy.
+    Only `programs` are loaded. `cgroup_slots` sizes the cgroup index (a power
+    of two). `shared_maps` are maps of a running copy this one takes over as
+    they are (their state, not their policy: see Attachment.replace). The
+    policy maps are full before this returns, so a program attached
+    afterwards never sees a half-written policy.
     """
     if events not in EVENT_LEVELS:
         raise ValueError(f"events must be one of {sorted(EVENT_LEVELS)}, not {events!r}")
@@ -43,15 +54,24 @@ def load_image(
         for name, contents in image.maps.items():
             bpf.maps[name].set_max_entries(contents.max_entries)
         bpf.maps["rule_counters"].set_max_entries(image.rule_count + 1)
-        bpf.maps["cgroup_workloads"].set_max_entries(max(1, len(image.local_workloads)))
+        bpf.maps["cgroup_index"].set_max_entries(cgroup_slots)
+        bpf.maps["cgroup_workloads"].set_max_entries(cgroup_slots)
         capacity = backend_capacity or Balancer.capacity_for(image.services)
+        service_slots = service_index_size(image.services)
+        bpf.maps["service_index"].set_max_entries(service_slots)
         bpf.maps["services"].set_max_entries(max(1, len(image.services)))
+        bpf.maps["service_entries"].set_max_entries(max(1, len(image.services)))
         bpf.maps["backends"].set_max_entries(capacity)
         bpf.maps["backend_counters"].set_max_entries(capacity)
         bpf.maps["backend_slots"].set_max_entries(2 * capacity)
+        for name, running in (shared_maps or {}).items():
+            bpf.maps[name].reuse_fd(running.fd)
         config = abi.RuntimeConfig(
             attach_cgroup_id=attach_cgroup_id,
             events=EVENT_LEVELS[events],
+            home_netns=home_netns(),
+            cgroup_index_mask=cgroup_slots - 1,
+            service_index_mask=service_slots - 1,
             v4_length_count=len(image.v4_prefix_lengths),
             v6_length_count=len(image.v6_prefix_lengths),
         )

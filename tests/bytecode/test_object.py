@@ -63,7 +63,7 @@ PROGRAMS = {  # name -> (section, program type, expected attach type)
         ProgType.CGROUP_SKB,
         AttachType.CGROUP_INET_INGRESS,
     ),
-    "ebmesh_egress": (
+    "ebmesh_recorder": (
         "cgroup_skb/egress",
         ProgType.CGROUP_SKB,
         AttachType.CGROUP_INET_EGRESS,
@@ -94,7 +94,7 @@ PROGRAMS = {  # name -> (section, program type, expected attach type)
 # notes who sent a new flow (the egress verdict was taken at connect/sendmsg),
 # and the reverse translators of service addresses.
 DECIDING = set(PROGRAMS) - {
-    "ebmesh_egress",
+    "ebmesh_recorder",
     "ebmesh_getpeername4",
     "ebmesh_getpeername6",
     "ebmesh_recvmsg4",
@@ -107,18 +107,26 @@ MAPS = {  # name -> (type, key mirror, value mirror); None: no key/value (a ring
     "class_links": (MapType.ARRAY, U32, abi.ClassLinks),
     "rule_pairs": (MapType.HASH, abi.RulePairKey, abi.PortTable),
     "port_intervals": (MapType.ARRAY, U32, abi.PortInterval),
+    "cgroup_index": (MapType.ARRAY, U32, abi.CgroupSlot),
     "cgroup_workloads": (MapType.HASH, U64, U32),
+    "listeners": (MapType.ARRAY, U32, abi.ListenerSlot),
+    "verdicts": (MapType.PERCPU_ARRAY, U32, abi.VerdictEntry),
     "identities": (MapType.ARRAY, U32, abi.IdentityInfo),
-    "services": (MapType.HASH, abi.ServiceKey, abi.ServiceInfo),
+    "service_index": (MapType.ARRAY, U32, abi.ServiceSlot),
+    "services": (MapType.HASH, abi.ServiceKey, U32),
+    "service_entries": (MapType.ARRAY, U32, abi.ServiceEntry),
     "backend_slots": (MapType.HASH, abi.SlotKey, abi.BackendSlot),
     "backends": (MapType.ARRAY, U32, abi.Backend),
     "backend_counters": (MapType.PERCPU_ARRAY, U32, U64),
-    "socket_notes": (MapType.SK_STORAGE, ctypes.c_int32, abi.SocketNote),
+    "socket_states": (MapType.SK_STORAGE, ctypes.c_int32, abi.SocketState),
     "udp_translations": (MapType.LRU_HASH, abi.UdpTranslationKey, abi.Translation),
     "udp_affinity": (MapType.LRU_HASH, abi.AffinityKey, abi.Affinity),
     "flows": (MapType.LRU_HASH, abi.FlowKey, abi.FlowRecord),
     "udp_replies": (MapType.LRU_HASH, abi.ReplyKey, abi.ReplyValue),
     "authenticated_pairs": (MapType.HASH, abi.AuthKey, abi.AuthValue),
+    "auth_state": (MapType.ARRAY, U32, abi.AuthState),
+    "notices": (MapType.RINGBUF, None, None),
+    "signals": (MapType.ARRAY, U32, abi.DatapathSignals),
     "rule_counters": (MapType.PERCPU_ARRAY, U32, abi.RuleCounter),
     "verdict_events": (MapType.RINGBUF, None, None),
     "lost_events": (MapType.PERCPU_ARRAY, U32, U64),
@@ -159,11 +167,17 @@ def btf(shop):
 def test_exactly_the_expected_programs(info):
     found = {p.name: (p.section, p.prog_type, p.attach_type) for p in info.programs}
     assert found == PROGRAMS
-    # the decision and the two lookups it repeats are global: each verified once
+    # the decision, the lookups it repeats, and what would otherwise be verified once per
+    # hook and call site or weigh on the hooks' stack are global: each verified once
     assert sorted(p.name for p in info.subprograms) == [
         "decide",
+        "identify_local_sender",
+        "local_destination",
         "match_pair",
         "match_port_intervals",
+        "read_packet",
+        "verdict_fill",
+        "verdict_lookup",
     ]
     assert all(not p.is_subprogram for p in info.programs)
 
@@ -409,7 +423,14 @@ def test_abi_structs_of_the_maps_and_the_harness_are_in_btf(btf):
         "rule_set",
         "identity_info",
         "service_key",
-        "service_info",
+        "service_slot",
+        "service_entry",
+        "cgroup_slot",
+        "listener_slot",
+        "verdict_entry",
+        "socket_state",
+        "auth_state",
+        "datapath_signals",
         "flow_key",
         "flow_record",
         "reply_key",

@@ -86,7 +86,9 @@ def expected_outcome(policy, client: str, server: str, port: int, protocol: str)
         dst_address=ipaddress.ip_address(PARTIES[server][1]),
         port=port,
         protocol=Protocol[protocol.upper()],
-        src_identity=identity.get(client, 0) if in_mesh else None,  # outside: known by address
+        # Outside the mesh but on this host: a local process of no workload, which matches
+        # `any` and CIDRs, never a workload by its address (it may bind any local address).
+        src_identity=identity.get(client, 0) if in_mesh else 0,
         src_address=ipaddress.ip_address(source_address),
         dst_identity=identity.get(server, 0),  # the receiver, by its cgroup
     )

@@ -3,7 +3,8 @@
 Before, a valid mesh followed by a megabyte of `}` took 71 s: each `}` was
 lexed and tried as a place to resume. Each case here prints its time; the
 bound asserted is the goal, 2 s per MB (the recovery cases take a tenth of
-it, the large valid policy about half).
+it, the large valid policy about half). Time is this process's CPU time, so
+that other work on the machine does not count against it.
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ CASES = {
 def test_check_stays_under_2_seconds_per_megabyte(make, capsys):
     text = make()
     megabytes = len(text) / MB
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(PolicyError) as raised:
         load(text)
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     with capsys.disabled():
         print(f"\n  {megabytes:.1f} MB: {seconds:.2f} s ({seconds / megabytes:.2f} s per MB)")
     assert 1 <= len(raised.value.diagnostics) <= MAX_SYNTAX_ERRORS + 1
@@ -90,13 +91,15 @@ def test_many_semantic_errors_on_one_long_line_stay_under_the_goal(capsys):
     """Each diagnostic shows a window of its line: 100,000 of them on one 1 MB line."""
     text = "mesh m { allow any -> 10.0.0.0/8 except " + "10.0.0.0/8, " * (MB // 12) + "10.0.0.0/8 }"
     megabytes = len(text) / MB
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(PolicyError) as raised:
         load(text)
     rendered = str(raised.value)
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     with capsys.disabled():
         print(f"\n  {megabytes:.1f} MB, {len(raised.value.diagnostics):,} errors: {seconds:.2f} s")
     assert len(raised.value.diagnostics) > 80_000 and len(rendered) < 400 * 100
-    assert rendered.endswith(f"more (PolicyError.diagnostics has them all)\n{len(raised.value.diagnostics)} errors")
+    assert rendered.endswith(
+        f"more (PolicyError.diagnostics has them all)\n{len(raised.value.diagnostics)} errors"
+    )
     assert seconds < GOAL_SECONDS_PER_MB * megabytes

@@ -36,9 +36,10 @@ LAUNCHERS = {
     "python -m ebmesh": [sys.executable, "-m", "ebmesh"],
     "console script": [str(CONSOLE_SCRIPT)],
 }
+# What every policy attaches (the recorder at cgroup_skb/egress only when the mesh
+# spans network namespaces, getpeername/recvmsg only for services).
 ATTACH_TYPES = (
     AttachType.CGROUP_INET_INGRESS,
-    AttachType.CGROUP_INET_EGRESS,
     AttachType.CGROUP_INET4_CONNECT,
     AttachType.CGROUP_INET6_CONNECT,
     AttachType.CGROUP_UDP4_SENDMSG,
@@ -54,7 +55,7 @@ PROGRAMS = (
     "ebmesh_recvmsg4",
     "ebmesh_recvmsg6",
     "ebmesh_ingress",
-    "ebmesh_egress",
+    "ebmesh_recorder",
     "ebmesh_evaluate",
 )
 MAPS = (
@@ -62,18 +63,26 @@ MAPS = (
     "class_links",
     "rule_pairs",
     "port_intervals",
+    "cgroup_index",
     "cgroup_workloads",
+    "listeners",
+    "verdicts",
     "identities",
+    "service_index",
     "services",
+    "service_entries",
     "backend_slots",
     "backends",
     "backend_counters",
-    "socket_notes",
+    "socket_states",
     "udp_translations",
     "udp_affinity",
     "flows",
     "udp_replies",
     "authenticated_pairs",
+    "auth_state",
+    "notices",
+    "signals",
     "rule_counters",
     "verdict_events",
     "lost_events",

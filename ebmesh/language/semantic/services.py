@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from ebmesh.datapath.limits import MAX_WEIGHT
+from ebmesh.datapath.limits import MAX_SERVICES, MAX_WEIGHT
 from ebmesh.language.ast import Backend, Mesh, Service, Span
 from ebmesh.language.semantic.report import Report, first_on, line_of
 
 
 def check_services(mesh: Mesh, report: Report) -> None:
+    if len(mesh.services) > MAX_SERVICES:
+        report.error(
+            mesh.services[MAX_SERVICES].name.span,
+            f"cannot be enforced as written: {len(mesh.services)} services, the datapath "
+            f"tells at most {MAX_SERVICES} apart",
+            hint="split the mesh, or merge services",
+        )
     address_owner: dict[tuple, Service] = {}
     for service in mesh.services:
         _check_connectable(
