@@ -545,16 +545,16 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	__u32 netns;
 	bool datagram, decided = false;
 
+	/* A new TCP connection knocks at a listener, and a new UDP flow at an
+	 * unconnected socket (state CLOSE): the packets of an established
+	 * connection, and those of a connected UDP socket, which only ever
+	 * receives from the peer its connect() judged, pass on the state alone,
+	 * read before anything else (it is in the socket's common part). */
 	sk = skb->sk;
-	if (!sk)
+	if (!sk || (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_CLOSE))
 		return PACKET_PASS;
 	sk = bpf_sk_fullsock(sk);
-	if (!sk)
-		return PACKET_PASS;
-	/* A new TCP connection knocks at a listener: the packets of one that
-	 * exists pass without being parsed. A connected UDP socket only ever
-	 * receives from its peer, which its connect() judged. */
-	if (sk->protocol == IPPROTO_TCP ? sk->state != BPF_TCP_LISTEN : sk->dst_port != 0)
+	if (!sk || (sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN))
 		return PACKET_PASS;
 	switch (read_packet(skb, &packet)) {
 	case PACKET_L4:

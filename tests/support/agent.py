@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import selectors
 import socket
 import sys
@@ -311,6 +312,81 @@ def udp_peers(targets: list, source: str | None = None) -> dict:
         sock.close()
 
 
+def _probe_source(family: int, address: str, port: int) -> str:
+    """The source address the kernel picks for (address, port) from an unbound socket."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, port))
+        return probe.getsockname()[0]
+
+
+def probe_many(flows: list, timeout: float = 0.25) -> dict:
+    """Try every flow at once: [protocol, address, port, bind address or None] each.
+
+    TCP connects are non-blocking and UDP datagrams are sent unconnected, all
+    before waiting, so that the ones that go unanswered time out together.
+    Each result: outcome ("allowed", "denied at once", "dropped", or "odd: ..."),
+    and the local address and port the flow went from."""
+    selector = selectors.DefaultSelector()
+    results: list = [None] * len(flows)
+    sockets = []
+    started = time.monotonic()
+    for index, (protocol, address, port, source) in enumerate(flows):
+        family = _family(address)
+        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(family, kind)
+        sockets.append(sock)
+        sock.setblocking(False)
+        try:
+            sock.bind(
+                (source, 0) if source else (("::" if family == socket.AF_INET6 else "0.0.0.0"), 0)
+            )
+            local = source or _probe_source(family, address, port)
+            if protocol == "tcp":
+                code = sock.connect_ex((address, port))
+                if code not in (0, errno.EINPROGRESS):
+                    raise OSError(code, os.strerror(code))
+                selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, index)
+            else:
+                sock.sendto(b"ping", (address, port))
+                selector.register(sock, selectors.EVENT_READ, index)
+            results[index] = {"outcome": "dropped", "local": [local, sock.getsockname()[1]]}
+        except OSError as exc:
+            outcome = "denied at once" if exc.errno == errno.EPERM else f"odd: {exc}"
+            results[index] = {"outcome": outcome, "local": [source, sock.getsockname()[1]]}
+    pending = {index for index, result in enumerate(results) if result["outcome"] == "dropped"}
+    while pending and time.monotonic() - started < timeout:
+        for key, _ in selector.select(timeout=max(0.0, timeout - (time.monotonic() - started))):
+            index, sock = key.data, key.fileobj
+            if index not in pending:
+                continue
+            protocol = flows[index][0]
+            try:
+                if protocol == "tcp":
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        results[index]["outcome"] = f"odd: errno {code}"
+                    else:
+                        data = sock.recv(64)
+                        if not data:
+                            continue
+                        results[index]["outcome"] = (
+                            "allowed" if data == b"hello\n" else f"odd: {data!r}"
+                        )
+                else:
+                    data = sock.recv(2048)
+                    results[index]["outcome"] = "allowed" if data == b"echo:ping" else "dropped"
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                results[index]["outcome"] = f"odd: {exc}"
+            pending.discard(index)
+            selector.unregister(sock)
+    for sock in sockets:
+        sock.close()
+    selector.close()
+    return {"ok": True, "results": results}
+
+
 def accepted(id: int) -> dict:
     with _lock:
         return {"ok": True, "count": _accepted.get(id, 0)}
@@ -330,6 +406,7 @@ COMMANDS = {
     "send": send,
     "ask_many": ask_many,
     "udp_peers": udp_peers,
+    "probe_many": probe_many,
     "accepted": accepted,
     "close": close,
     "listen_many": listen_many,

@@ -149,6 +149,11 @@ class Agent:
             "ask_many", address=address, port=port, count=count, source=source, timeout=timeout
         )
 
+    def probe_many(self, flows: list[tuple[str, str, int, str | None]], timeout: float = 0.25):
+        """Every (protocol, address, port, bind address or None) at once: each one's outcome
+        ("allowed", "denied at once", "dropped", "odd: ...") and the local address and port."""
+        return self._must("probe_many", flows=[list(f) for f in flows], timeout=timeout)["results"]
+
     def accepted(self, protocol: str, address: str, port: int) -> int:
         """Connections (TCP) or datagrams (UDP) the listener on (address, port) has taken."""
         return self.call("accepted", id=self._listeners[(protocol, address, port)])["count"]
