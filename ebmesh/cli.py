@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 from ebmesh.errors import EbmeshError, EnvironmentProblem, PolicyError
@@ -196,6 +197,35 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def cmd_status(args) -> int:
+    _require_root("ebmesh status")
+    from ebmesh.runtime.status import attachments
+
+    found = attachments()
+    if not found:
+        print("no ebmesh attachment on this machine")
+        return EXIT_OK
+    print(f"{'CGROUP':<44} {'MESH':<16} {'HELD':<16} {'RULES':>7}  {'SINCE':<19} PROGRAMS")
+    for status in found:
+        held = "pinned" if status.pinned else f"pid {status.pid}"
+        if status.pinned and status.agent_alive:
+            held += f" +{status.pid}"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.since))
+        programs = ",".join(p.removeprefix("ebmesh_") for p in status.programs)
+        print(
+            f"{status.cgroup:<44} {status.mesh:<16} {held:<16} {status.rules:>7}  {since:<19} {programs}"
+        )
+    return EXIT_OK
+
+
+def cmd_detach(args) -> int:
+    _require_root("ebmesh detach")
+    from ebmesh.runtime.status import detach_cgroup
+
+    print(f"ebmesh: {detach_cgroup(args.cgroup)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ebmesh", description="A sidecar-free service mesh compiled to eBPF."
@@ -253,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", required=True, help="ADDR:PORT/PROTO, NAME:PORT/PROTO, or a service name"
     )
     explain.set_defaults(run=cmd_explain)
+
+    status = commands.add_parser(
+        "status", help="every ebmesh attachment on this machine, pinned or held by a process"
+    )
+    status.set_defaults(run=cmd_status)
+
+    detach = commands.add_parser(
+        "detach", help="remove the ebmesh policy on a cgroup (pinned, or held by any process)"
+    )
+    detach.add_argument("--cgroup", required=True, help="cgroup v2 directory")
+    detach.set_defaults(run=cmd_detach)
     return parser
 
 

@@ -58,18 +58,28 @@ class CompiledPolicy:
         force: bool = False,
         events: str = "all",
         backend_capacity: int | None = None,
+        pin: bool = False,
     ) -> Attachment:
         """Attach to a cgroup v2 directory (absolute, or relative to the cgroup2 mount).
 
         Workload `cgroup "x"` paths resolve below it and must exist. Refuses the
-        root cgroup unless `force=True`. `events`: "all", "denied" or "none".
-        `backend_capacity`: how many backends the services may hold in all,
-        counting live changes (default: four times those declared, plus 1,024).
+        root cgroup unless `force=True`, and a cgroup that (or whose ancestor or
+        descendant) already carries an ebmesh policy. `events`: "all", "denied"
+        or "none". `backend_capacity`: how many backends the services may hold
+        in all, counting live changes (default: four times those declared, plus
+        1,024). `pin`: pin links and maps under /sys/fs/bpf/ebmesh/<mesh>/, so
+        that the policy keeps enforcing with no process alive; if this mesh is
+        pinned on this cgroup already, take it over without a gap.
         """
         from ebmesh.runtime.attachment import Attachment
 
         return Attachment(
-            self.image, cgroup, force=force, events=events, backend_capacity=backend_capacity
+            self.image,
+            cgroup,
+            force=force,
+            events=events,
+            backend_capacity=backend_capacity,
+            pin=pin,
         )
 
     def evaluate(

@@ -17,6 +17,13 @@ def nothing_left_behind():
     """After the whole run: no cgroup or namespace this run made may remain."""
     yield
     left = places.leftovers()
+    from ebmesh.runtime import registry
+
+    mine = f"{places.TEST_PREFIX}{places.RUN}-"
+    left += [f"record of {r.mesh} on {r.cgroup}" for r in registry.records() if mine in r.cgroup]
+    pinned = {r.mesh for r in registry.records() if r.pinned}
+    if registry.PIN_ROOT.is_dir():
+        left += [str(p) for p in registry.PIN_ROOT.iterdir() if p.name not in pinned]
     assert not left, f"tests left these behind: {left}"
 
 

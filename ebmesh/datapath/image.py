@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from ebmesh.datapath.naming import Naming
 from ebmesh.datapath.parties import Service, Workload
@@ -33,6 +35,7 @@ class DatapathImage:
     workloads: tuple[Workload, ...]
     services: tuple[Service, ...]
     naming: Naming
+    mesh: str = ""
 
     @classmethod
     def assemble(
@@ -52,7 +55,18 @@ class DatapathImage:
             workloads=tables.workloads,
             services=tables.services,
             naming=Naming(tables.workloads, tables.services, tables.rule_origins),
+            mesh=tables.mesh,
         )
+
+    @cached_property
+    def digest(self) -> str:
+        """Of everything loaded from it: equal digests, equal datapaths (maps and all)."""
+        hasher = hashlib.sha256(self.object_bytes)
+        for name in sorted(self.maps):
+            contents = self.maps[name]
+            hasher.update(name.encode() + contents.keys + contents.values)
+        hasher.update(repr((self.workloads, self.services, self.rule_count)).encode())
+        return hasher.hexdigest()
 
     @property
     def local_workloads(self) -> tuple[Workload, ...]:

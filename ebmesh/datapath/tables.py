@@ -69,3 +69,4 @@ class DatapathTables:
     workloads: tuple[Workload, ...] = ()
     services: tuple[Service, ...] = ()
     rule_origins: dict[int, SourceRef] = field(default_factory=dict)
+    mesh: str = ""  # the mesh's name: what pinned attachments are filed under

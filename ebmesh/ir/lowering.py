@@ -283,6 +283,7 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     tables.workloads = policy.workloads
     tables.services = policy.services
     tables.rule_origins = {rule.id: rule.origin for rule in policy.rules if rule.origin}
+    tables.mesh = policy.name
 
     shape = PolicyShape(
         source_name=policy.source_name,

@@ -12,7 +12,7 @@ links (`BpfLink`) outlive the object whose program they attach.
 
 from .bpffs import bpffs_mounted, ensure_bpffs
 from .constants import BPF_ANY, BPF_NOEXIST, AttachType, MapType, ProgType
-from .links import BpfLink
+from .links import BpfLink, LinkInfo, detach_link, link_ids, link_info
 from .maps import MapAccess, MapHandle, ObjectMap, possible_cpus
 from .object import BpfObject
 from .programs import (
@@ -30,6 +30,7 @@ __all__ = [
     "BPF_NOEXIST",
     "AttachType",
     "BpfLink",
+    "LinkInfo",
     "BpfObject",
     "BpfProgram",
     "MapAccess",
@@ -41,6 +42,9 @@ __all__ = [
     "ProgramStats",
     "RingBuffer",
     "bpffs_mounted",
+    "detach_link",
+    "link_ids",
+    "link_info",
     "enable_run_time_stats",
     "ensure_bpffs",
     "possible_cpus",

@@ -185,6 +185,23 @@ class BpfProgInfo(ctypes.Structure):
     ]
 
 
+class BpfLinkInfo(ctypes.Structure):
+    """The head of struct bpf_link_info (uapi), with its cgroup member of the union.
+
+    The kernel fills at most the `info_len` bytes passed; a newer kernel's
+    longer union does not matter here."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("prog_id", c_uint32),
+        ("_pad0", c_uint32),
+        ("cgroup_id", c_uint64),
+        ("attach_type", c_uint32),
+        ("_pad1", c_uint32),
+    ]
+
+
 class BpfMapInfo(ctypes.Structure):
     """struct bpf_map_info from linux/bpf.h (uapi 6.1, 88 bytes)."""
 
@@ -411,6 +428,9 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_link__detach", c_int, [BpfLinkPtr], NEG_ERRNO),
     ("bpf_link__update_program", c_int, [BpfLinkPtr, BpfProgramPtr], NEG_ERRNO),
     ("bpf_link__destroy", c_int, [BpfLinkPtr], NEG_ERRNO),
+    ("bpf_link_get_fd_by_id", c_int, [c_uint32], NEG_ERRNO),
+    ("bpf_link_get_next_id", c_int, [c_uint32, _u32p], NEG_ERRNO),
+    ("bpf_link_detach", c_int, [c_int], NEG_ERRNO),
     # ring buffer
     (
         "ring_buffer__new",

@@ -2,10 +2,84 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+from dataclasses import dataclass
 
+from ..errors import LibbpfError
 from ._common import OwnedResource, annotate, decode, path_bytes
-from .libbpf import lib
+from .libbpf import BpfLinkInfo, lib
+
+BPF_LINK_TYPE_CGROUP = 3
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """What the kernel says of a link: its id, its program, and for a cgroup link where."""
+
+    id: int
+    type: int
+    prog_id: int
+    cgroup_id: int  # 0 unless a cgroup link
+    attach_type: int
+
+
+def _link_info(fd: int) -> LinkInfo:
+    info = BpfLinkInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+    cgroup = info.type == BPF_LINK_TYPE_CGROUP
+    return LinkInfo(
+        info.id,
+        info.type,
+        info.prog_id,
+        info.cgroup_id if cgroup else 0,
+        info.attach_type if cgroup else 0,
+    )
+
+
+def link_info(link_id: int) -> LinkInfo | None:
+    """The link with this id, or None if there is none (any more)."""
+    try:
+        fd = lib.bpf_link_get_fd_by_id(link_id)
+    except LibbpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    try:
+        return _link_info(fd)
+    finally:
+        os.close(fd)
+
+
+def link_ids() -> list[int]:
+    """Every link id in the kernel (bpf_link_get_next_id)."""
+    found, current = [], ctypes.c_uint32(0)
+    while True:
+        try:
+            lib.bpf_link_get_next_id(current.value, ctypes.byref(current))
+        except LibbpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return found
+            raise
+        found.append(current.value)
+
+
+def detach_link(link_id: int) -> bool:
+    """Detach the link with this id from its hook, whoever holds it; False if it is gone."""
+    try:
+        fd = lib.bpf_link_get_fd_by_id(link_id)
+    except LibbpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    try:
+        with annotate(f"detaching link {link_id}"):
+            lib.bpf_link_detach(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 class BpfLink(OwnedResource):
@@ -41,6 +115,9 @@ class BpfLink(OwnedResource):
     @property
     def fd(self) -> int:
         return lib.bpf_link__fd(self._live())
+
+    def info(self) -> LinkInfo:
+        return _link_info(self.fd)
 
     @property
     def pin_path(self) -> str | None:

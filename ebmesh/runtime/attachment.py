@@ -21,8 +21,8 @@ from ebmesh.datapath import abi
 from ebmesh.datapath.image import DatapathImage
 from ebmesh.datapath.programs import RECORDER, hooks_needed
 from ebmesh.errors import AttachError
-from ebmesh.loader import BpfLink, RingBuffer
-from ebmesh.runtime import cgroups
+from ebmesh.loader import AttachType, BpfLink, RingBuffer, program_info, query_cgroup
+from ebmesh.runtime import cgroups, pins, registry
 from ebmesh.runtime.cgroup_index import CgroupIndex, index_size, tree
 from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
 from ebmesh.runtime.instance import LoadedImage, home_netns, load_image
@@ -58,6 +58,37 @@ def spans_namespaces(root: Path) -> bool:
     return False
 
 
+def describe(record: registry.Record) -> str:
+    """`shop (pinned, since 12:03:01)` or `shop (held by pid 4242, since ...)`."""
+    since = time.strftime("%H:%M:%S", time.localtime(record.since))
+    holder = "pinned" if record.pinned else f"held by pid {record.pid}"
+    return f"{record.mesh} ({holder}, since {since})"
+
+
+def ebmesh_programs_around(cgroup: Path) -> list[tuple[Path, int]]:
+    """(cgroup, program id) of every ebmesh program acting on `cgroup` from an ancestor,
+    or attached to one of its descendants. Every policy attaches connect4."""
+    found = []
+    for ancestor in [
+        p
+        for p in cgroup.parents
+        if p == cgroups.cgroup2_mount() or cgroups.cgroup2_mount() in p.parents
+    ]:
+        for program_id in query_cgroup(ancestor, AttachType.CGROUP_INET4_CONNECT):
+            found.append((ancestor, program_id))
+    for below in tree(cgroup):
+        for program_id in query_cgroup(below, AttachType.CGROUP_INET4_CONNECT):
+            found.append((below, program_id))
+    return [(where, pid) for where, pid in found if _is_ebmesh(pid)]
+
+
+def _is_ebmesh(program_id: int) -> bool:
+    try:
+        return program_info(program_id).name.startswith("ebmesh_")
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return False
+
+
 class Attachment:
     """The datapath of one policy, live on one cgroup."""
 
@@ -69,10 +100,12 @@ class Attachment:
         force: bool = False,
         events: str = "all",
         backend_capacity: int | None = None,
+        pin: bool = False,
     ):
         self.cgroup: Path = cgroups.resolve(cgroup)
         cgroups.refuse_root(self.cgroup, force)
         self.forced, self.event_level, self._backend_capacity = force, events, backend_capacity
+        self.pinned = pin
         self._links: dict[str, BpfLink] = {}
         self._ring: RingBuffer | None = None
         self._pending: list[VerdictEvent] = []
@@ -81,16 +114,61 @@ class Attachment:
         self._loaded: LoadedImage | None = None
         self._watcher: Watcher | None = None
         self._cgroup_slots = index_size(len(tree(self.cgroup)))
+        self._since = time.time()
+        adopted = self._adoptable(image)
         workload_cgroups = self._resolve_workload_cgroups(image)
 
-        self._loaded, self._index = self._load(image, workload_cgroups, shared={})
-        self._image, self.workload_cgroups = image, workload_cgroups
         try:
-            self._attach(hooks_needed(image.services, recorder=spans_namespaces(self.cgroup)))
+            if adopted is not None:
+                self._adopt(image, workload_cgroups, adopted)
+            else:
+                self._loaded, self._index = self._load(image, workload_cgroups, shared={})
+                self._image, self.workload_cgroups = image, workload_cgroups
+                self._attach(hooks_needed(image.services, recorder=spans_namespaces(self.cgroup)))
+            if pin:
+                self._pin()
             self._watch()
+            self._record()
         except BaseException:
             self.detach()
             raise
+
+    # ---- what is there already -------------------------------------------------------
+
+    def _adoptable(self, image: DatapathImage) -> registry.Record | None:
+        """The pinned attachment of this mesh on this cgroup, to take over; or None, after
+        making sure no other ebmesh policy acts on this cgroup, above or below it."""
+        here = registry.on_cgroup(self.cgroup)
+        if here is not None and here.pinned and here.mesh == image.mesh and self.pinned:
+            return here
+        if here is not None:
+            raise AttachError(
+                f"{self.cgroup} already carries ebmesh policy {describe(here)}: change it with "
+                "Attachment.replace() or `ebmesh apply` (same mesh), or remove it first with "
+                f"`ebmesh detach --cgroup {self.cgroup}`"
+            )
+        for cgroup, program_id in ebmesh_programs_around(self.cgroup):
+            holder = next(
+                (r for r in registry.records() if program_id in r.programs.values()), None
+            )
+            what = describe(holder) if holder else f"(program id {program_id})"
+            where = "above" if cgroup in self.cgroup.parents else "below"
+            raise AttachError(
+                f"the cgroup {cgroup}, {where} {self.cgroup}, already carries ebmesh policy "
+                f"{what}; two stacked policies would each translate and judge the other's "
+                "traffic (a VIP connect would meet the second as a backend). Attach to one of "
+                "them only, change the one there with `ebmesh apply`, or detach it first"
+            )
+        if self.pinned and registry.pin_dir(image.mesh).exists():
+            held = next((r for r in registry.records() if r.pinned and r.mesh == image.mesh), None)
+            if held is not None:
+                raise AttachError(
+                    f"mesh {image.mesh} is pinned on {held.cgroup} already; a mesh is pinned "
+                    "on one cgroup (pins live under "
+                    f"{registry.pin_dir(image.mesh)}): detach it there first"
+                )
+            pins.remove(registry.pin_dir(image.mesh))  # left by an attachment that is gone
+        return None
 
     def _resolve_workload_cgroups(self, image: DatapathImage) -> dict[int, Path]:
         resolved, missing = {}, []
@@ -127,6 +205,62 @@ class Attachment:
             loaded.close()
             raise
         return loaded, index
+
+    def _adopt(self, image: DatapathImage, workload_cgroups, record: registry.Record) -> None:
+        """Take over the pinned attachment: a new object over its maps (all of them for
+        the very same policy, so counters and events go on; the connection state
+        otherwise), swapped into its pinned links. No moment without a policy."""
+        root = registry.pin_dir(image.mesh)
+        held = pins.pinned_maps(root)
+        names = held if record.digest == image.digest else STATE_MAPS
+        shared = {name: held[name] for name in names if name in held}
+        try:
+            self._loaded, self._index = self._load(image, workload_cgroups, shared=shared)
+        finally:
+            for handle in held.values():
+                handle.close()  # the new object holds what it took over
+        self._image, self.workload_cgroups = image, workload_cgroups
+        self._since = record.since
+        links = pins.pinned_links(root)
+        wanted = hooks_needed(
+            image.services, recorder=RECORDER in links or spans_namespaces(self.cgroup)
+        )
+        for name, link in links.items():
+            if name in wanted:
+                link.update_program(self._bpf.programs[name])
+                self._links[name] = link
+            else:
+                link.detach()
+                pins.unpin_link(root, name)
+        self._attach(wanted)
+        self._note("adopted", f"took over the pinned policy of mesh {image.mesh} on {self.cgroup}")
+
+    def _pin(self) -> None:
+        """Pin every link and map (the .rodata config is the object's own: not pinned)."""
+        root = registry.pin_dir(self._image.mesh)
+        pins.prepare(root)
+        for name, link in self._links.items():
+            if link.pin_path is None:
+                pins.pin_link(root, name, link)
+        for name, bpf_map in self._bpf.maps.items():
+            if not bpf_map.is_internal:
+                pins.pin_map(root, name, bpf_map)
+
+    def _record(self) -> None:
+        registry.write(
+            registry.new_record(
+                since=self._since,
+                mesh=self._image.mesh,
+                cgroup=str(self.cgroup),
+                cgroup_id=cgroups.cgroup_id(self.cgroup),
+                pinned=self.pinned,
+                digest=self._image.digest,
+                rules=self._image.rule_count,
+                events=self.event_level,
+                links={name: link.info().id for name, link in self._links.items()},
+                programs=self.program_ids(),
+            )
+        )
 
     def _attach(self, names: tuple[str, ...]) -> None:
         for name in names:
@@ -186,6 +320,9 @@ class Attachment:
             with self._lock:
                 if self._links and RECORDER not in self._links:
                     self._attach((RECORDER,))
+                    if self.pinned:
+                        self._pin()
+                    self._record()
                     self._note(
                         "recorder-attached",
                         f"a socket of the mesh in network namespace {notice.netns}: "
@@ -252,11 +389,34 @@ class Attachment:
             self._attach(wanted)  # hooks the new policy needs and the old did not
             for name in [n for n in self._links if n not in wanted]:
                 self._links.pop(name).detach()
+                if self.pinned:
+                    pins.unpin_link(registry.pin_dir(image.mesh), name)
+            if self.pinned:
+                self._pin()
             self._watch()
+            self._record()
             previous.close()
 
     def detach(self) -> None:
-        """Remove every program this attachment attached, and its maps. Idempotent."""
+        """Remove every program this attachment attached, and its maps, pinned or not. Idempotent."""
+        links = self._release()
+        for link in reversed(list(links.values())):
+            link.detach()  # detaches even a link something else still holds
+        if links:
+            registry.remove(cgroups.cgroup_id(self.cgroup))
+        if self.pinned and getattr(self, "_image", None) is not None:
+            pins.remove(registry.pin_dir(self._image.mesh))
+
+    def close(self) -> None:
+        """Let go of the attachment: a pinned one stays attached (for another process
+        to take over, or `ebmesh detach`); an owned one is detached."""
+        if not self.pinned:
+            self.detach()
+            return
+        for link in self._release().values():
+            link.close()  # the pin keeps it attached
+
+    def _release(self) -> dict[str, BpfLink]:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()
@@ -264,11 +424,10 @@ class Attachment:
             self._ring.close()
             self._ring = None
         links, self._links = self._links, {}
-        for link in reversed(list(links.values())):
-            link.detach()  # detaches even a link something else still holds
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
             loaded.close()
+        return links
 
     def __enter__(self) -> Attachment:
         return self
@@ -278,7 +437,7 @@ class Attachment:
 
     def __del__(self):
         if getattr(self, "_links", None) or getattr(self, "_loaded", None):
-            self.detach()
+            self.close()
 
     # ---- what it saw --------------------------------------------------------------
 

@@ -62,16 +62,26 @@ class _ServiceState:
 class Balancer:
     """Writes services, backends and slot tables into one loaded object's maps."""
 
-    def __init__(self, maps, services: tuple[Service, ...], capacity: int):
+    def __init__(self, maps, services: tuple[Service, ...], capacity: int, *, adopt: bool = False):
+        """`adopt`: the maps are a running (pinned) copy's: carry on from what they hold,
+        so that connects in flight keep a whole table and counters go on."""
         self._entries = maps["service_entries"]
         self._backends = maps["backends"]
         self._slots = maps["backend_slots"]
         self._counters = maps["backend_counters"]
         self.capacity = capacity
-        self._free: deque[int] = deque(range(capacity))
+        held = self._held_backends() if adopt else {}
+        self._free: deque[int] = deque(i for i in range(capacity) if i not in held.values())
         self._state: dict[str, _ServiceState] = {}
         for index, service in enumerate(services):
             state = self._state[service.name] = _ServiceState(service, index, generation=1)
+            if adopt:
+                state.generation = self._live_generation(index)
+                state.ids = {
+                    endpoint: backend_id
+                    for (identity, endpoint), backend_id in held.items()
+                    if identity == service.identity
+                }
             self._install(state, [((b.address, b.port), b.weight) for b in service.backends])
         # The index is written last: until then no connect finds a service half set up.
         _write_service_index(maps["service_index"], maps["services"], services)
@@ -105,6 +115,25 @@ class Balancer:
             wanted.append((endpoint, weight))
         self._install(state, wanted)
 
+    def _held_backends(self) -> dict[tuple[int, Endpoint], int]:
+        """(service identity, endpoint) -> backend id, for every live backend in the map."""
+        held = {}
+        packer = abi.Backend.packer()
+        for backend_id in range(self.capacity):
+            value = self._backends.lookup(_index(backend_id))
+            if value is None:
+                continue
+            *words, port, family, flags, service = packer.unpack(value)
+            if not flags & abi.BACKEND_LIVE:
+                continue
+            address = abi.address_from_words(family, words)
+            held[(service, (address, abi.network_order_port(port)))] = backend_id
+        return held
+
+    def _live_generation(self, index: int) -> int:
+        value = self._entries.lookup(_index(index))
+        return abi.ServiceEntry.from_buffer_copy(value).generation if value else 1
+
     def _install(self, state: _ServiceState, backends: list[tuple[Endpoint, int]]) -> None:
         service = state.service
         new_keys = {endpoint for endpoint, _ in backends}
@@ -119,6 +148,7 @@ class Balancer:
             if endpoint not in state.ids:
                 state.ids[endpoint] = backend_id = self._free.popleft()
                 self._counters.update_percpu(_index(backend_id), [bytes(8)] * possible_cpus())
+
             state.weights[endpoint] = weight
             self._write_backend(state.ids[endpoint], endpoint, service, live=True)
 

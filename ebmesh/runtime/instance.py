@@ -47,6 +47,9 @@ def load_image(
     """
     if events not in EVENT_LEVELS:
         raise ValueError(f"events must be one of {sorted(EVENT_LEVELS)}, not {events!r}")
+    shared_maps = shared_maps or {}
+    if "cgroup_index" in shared_maps:  # a map taken over keeps its size, and its index its mask
+        cgroup_slots = shared_maps["cgroup_index"].max_entries
     bpf = BpfObject.open(image.object_bytes, "ebmesh")
     try:
         for name, program in bpf.programs.items():
@@ -57,6 +60,8 @@ def load_image(
         bpf.maps["cgroup_index"].set_max_entries(cgroup_slots)
         bpf.maps["cgroup_workloads"].set_max_entries(cgroup_slots)
         capacity = backend_capacity or Balancer.capacity_for(image.services)
+        if "backends" in shared_maps:
+            capacity = shared_maps["backends"].max_entries
         service_slots = service_index_size(image.services)
         bpf.maps["service_index"].set_max_entries(service_slots)
         bpf.maps["services"].set_max_entries(max(1, len(image.services)))
@@ -64,7 +69,8 @@ def load_image(
         bpf.maps["backends"].set_max_entries(capacity)
         bpf.maps["backend_counters"].set_max_entries(capacity)
         bpf.maps["backend_slots"].set_max_entries(2 * capacity)
-        for name, running in (shared_maps or {}).items():
+        for name, running in shared_maps.items():
+            bpf.maps[name].set_max_entries(running.max_entries)
             bpf.maps[name].reuse_fd(running.fd)
         config = abi.RuntimeConfig(
             attach_cgroup_id=attach_cgroup_id,
@@ -82,7 +88,7 @@ def load_image(
         for name, contents in image.maps.items():
             if contents.count:
                 bpf.maps[name].update_batch(contents.keys, contents.values, contents.count)
-        balancer = Balancer(bpf.maps, image.services, capacity)
+        balancer = Balancer(bpf.maps, image.services, capacity, adopt="backends" in shared_maps)
     except BaseException:
         bpf.close()
         raise
