@@ -102,7 +102,7 @@ static __always_inline void note_namespace(__u32 netns)
 static __always_inline void report_decision(const struct flow *flow, const struct decision *decision,
 					    struct bpf_sock *sk)
 {
-	report(flow, decision, cgroup_id_of_socket(sk), NULL, 0);
+	report(flow, decision, cgroup_id_of_socket(sk), NO_BACKEND_ID);
 	if (decision->flags & DECISION_UNAUTHENTICATED)
 		notify(NOTICE_AUTH_NEEDED, flow, 0);
 }
@@ -113,7 +113,7 @@ static __always_inline int refuse_unidentified(struct flow *flow, struct bpf_soc
 {
 	struct decision decision = { .verdict = VERDICT_DENY, .flags = DECISION_TOO_DEEP };
 
-	report(flow, &decision, cgroup_id_of_socket(sk), NULL, 0);
+	report(flow, &decision, cgroup_id_of_socket(sk), NO_BACKEND_ID);
 	return SYSCALL_DENY;
 }
 
@@ -155,7 +155,7 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, 
 	if (!backend) {
 		decision->verdict = VERDICT_DENY;
 		decision->flags |= DECISION_NO_BACKEND;
-		report(flow, decision, cgroup_id_of_socket(sk), NULL, 0);
+		report(flow, decision, cgroup_id_of_socket(sk), NO_BACKEND_ID);
 		bpf_set_retval(-ECONNREFUSED);
 		return SYSCALL_DENY;
 	}
@@ -182,7 +182,7 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 hook_family, 
 	}
 	if (chosen_now)
 		count_backend(id);
-	report(flow, decision, cgroup_id_of_socket(sk), backend, id);
+	report(flow, decision, cgroup_id_of_socket(sk), id);
 	return SYSCALL_ALLOW;
 }
 

@@ -28,7 +28,7 @@ enum packet_kind {
 
 /* Fills `packet` for TCP and UDP over IPv4/IPv6. Global: the headers it reads
  * sit on its own stack, not on the stack of the hook that also calls decide(). */
-__noinline int read_packet(struct __sk_buff *skb, struct packet *packet)
+__noinline long read_packet(struct __sk_buff *skb, struct packet *packet)
 {
 	__u32 l4_offset;
 	__u8 protocol;

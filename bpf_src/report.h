@@ -30,14 +30,23 @@ static __always_inline bool worth_an_event(const struct decision *decision)
 	       (decision->flags & (DECISION_WOULD_DENY | DECISION_AUDIT_MATCH));
 }
 
-static __always_inline void report(const struct flow *flow, const struct decision *decision,
-				   __u64 cgroup_id, const struct backend *backend, __u32 backend_id)
+#define NO_BACKEND_ID 0xffffffffu
+
+/* Count the decision, and write its event if the event level wants it.
+ * `backend_id`: where a connection to a service went, or NO_BACKEND_ID.
+ * Global: every hook reports, and the verifier checks this once. */
+__noinline int report(const struct flow *flow, const struct decision *decision, __u64 cgroup_id, __u32 backend_id)
 {
+	const struct backend *backend = NULL;
 	struct verdict_event *event;
 
+	if (!flow || !decision)
+		return 0;
 	count_decision(decision);
 	if (!worth_an_event(decision))
-		return;
+		return 0;
+	if (backend_id != NO_BACKEND_ID)
+		backend = bpf_map_lookup_elem(&backends, &backend_id);
 	event = bpf_ringbuf_reserve(&verdict_events, sizeof(*event), 0);
 	if (!event) {
 		__u32 zero = 0;
@@ -45,7 +54,7 @@ static __always_inline void report(const struct flow *flow, const struct decisio
 
 		if (lost)
 			(*lost)++;
-		return;
+		return 0;
 	}
 	event->timestamp_ns = bpf_ktime_get_ns();
 	event->cgroup_id = cgroup_id;
@@ -59,8 +68,9 @@ static __always_inline void report(const struct flow *flow, const struct decisio
 		event->backend_port = 0;
 	}
 	event->reserved = 0;
-	event->backend = backend_id;
+	event->backend = backend ? backend_id : 0;
 	bpf_ringbuf_submit(event, 0);
+	return 0;
 }
 
 #endif /* EBMESH_REPORT_H */

@@ -249,3 +249,53 @@ def test_a_reconnected_socket_forgets_its_service(farm):
         result = client.udp_peers([(VIP, 53), (BACKENDS[1], 5353)], source=CLIENT)
         assert result["ok"], result
         assert result["peers"] == [[VIP, 53], [BACKENDS[1], 5353]]
+
+
+def test_100_replaces_fail_no_allowed_connection_and_allow_no_denied_one(farm, spawn):
+    """Clients loop on a direct destination, a VIP (TCP), a UDP VIP and a denied
+    port while the policy is replaced 100 times by an equivalent one: every
+    allowed connect and exchange succeeds, every denied one is denied."""
+    root, client, web, _ = farm
+    udp_client, denied_client = (spawn(root / "client", name=n) for n in ("udp", "denied"))
+    web.listen("tcp", BACKENDS[0], 9999)
+    text = policy(extra_rules="allow client -> web port 8080/tcp")
+    images = [ebmesh.compile(text).image, ebmesh.compile(text + "\n").image]
+    assert images[0].digest == images[1].digest  # equivalent, and loaded afresh each time
+    stop = threading.Event()
+    totals = {"direct": [0, 0], "vip": [0, 0], "udp": [0, 0], "denied": [0, 0]}
+
+    def loop(name, call, count):
+        while not stop.is_set():
+            result = call()
+            totals[name][0] += count
+            totals[name][1] += result
+
+    loops = [
+        (
+            "direct",
+            lambda: client.connect_many(BACKENDS[0], 8080, 200, source=CLIENT)["succeeded"],
+            200,
+        ),
+        ("vip", lambda: client.connect_many(VIP, 80, 200, source=CLIENT)["succeeded"], 200),
+        ("udp", lambda: len(udp_client.ask_many(VIP, 53, 50, source=CLIENT)["answers"]), 50),
+        (
+            "denied",
+            lambda: denied_client.connect_many(BACKENDS[0], 9999, 200, source=CLIENT)["errnos"].get(
+                str(errno.EPERM), 0
+            ),
+            200,
+        ),
+    ]
+    with ebmesh.compile(text).attach(root, events="none") as attachment:
+        threads = [threading.Thread(target=loop, args=spec) for spec in loops]
+        for thread in threads:
+            thread.start()
+        try:
+            for swap in range(100):
+                attachment.replace(images[swap % 2])
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    for name, (tried, as_expected) in totals.items():
+        assert tried > 0 and as_expected == tried, (name, totals)
