@@ -12,6 +12,8 @@
  *           cgroup_skb/egress   the recorder: notes who sent each new flow that
  *                               leaves the namespace, for a local receiver in
  *                               another one (attached only when needed)
+ *   shortcut sockops, sk_msg     `accelerate on`: established TCP between local
+ *                               workloads goes socket to socket (accelerate.h)
  *   test    syscall             `evaluate`: the same decision for a given flow
  *
  * A connection between two local workloads of one namespace is decided once,
@@ -43,6 +45,7 @@ const volatile struct runtime_config CONFIG SEC(".rodata.config") = {};
 #include "replies.h"
 #include "sockaddr.h"
 #include "balance.h"
+#include "accelerate.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

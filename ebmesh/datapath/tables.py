@@ -31,6 +31,7 @@ class PolicyShape:
     has_mtls_required: bool
     has_mtls: bool  # some rule says `mtls`, or some workload `mtls required`
     has_services: bool
+    accelerate: bool  # `accelerate on`: local TCP takes the socket shortcut
     pair_kinds: int
     max_src_prefix_nesting: int
     max_dst_prefix_nesting: int

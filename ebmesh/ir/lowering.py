@@ -293,6 +293,7 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         has_mtls=any(w.mtls_required for w in policy.workloads)
         or any(r.mtls for r in policy.rules),
         has_services=bool(policy.services),
+        accelerate=policy.accelerate,
         pair_kinds=pair_kinds,
         max_src_prefix_nesting=max_depth["src"],
         max_dst_prefix_nesting=max_depth["dst"],

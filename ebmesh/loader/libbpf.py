@@ -408,6 +408,7 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_program__attach_cgroup", BpfLinkPtr, [BpfProgramPtr, c_int], NULL_ERRNO),
     ("bpf_prog_test_run_opts", c_int, [c_int, POINTER(BpfTestRunOpts)], NEG_ERRNO),
     ("bpf_prog_get_fd_by_id", c_int, [c_uint32], NEG_ERRNO),
+    ("bpf_prog_attach", c_int, [c_int, c_int, c_int, c_uint32], NEG_ERRNO),
     ("bpf_prog_query", c_int, [c_int, c_int, c_uint32, _u32p, _u32p, _u32p], NEG_ERRNO),
     ("bpf_enable_stats", c_int, [c_int], NEG_ERRNO),
     ("bpf_obj_get_info_by_fd", c_int, [c_int, c_void_p, _u32p], NEG_ERRNO),

@@ -171,6 +171,12 @@ class BpfProgram:
             handle = lib.bpf_program__attach_cgroup(self._live(), fd)
         return BpfLink(handle, f"{self.name} -> cgroup {target}")
 
+    def attach_to_map(self, bpf_map) -> None:
+        """Attach an sk_msg (or sk_skb) program to a sockmap/sockhash (bpf_prog_attach with
+        the program's expected attach type). It stays attached as long as the map lives."""
+        with annotate(f"attaching program {self.name!r} to map {bpf_map.name!r}"):
+            lib.bpf_prog_attach(self.fd, bpf_map.fd, int(self.expected_attach_type), 0)
+
     def test_run(self, ctx_in: bytearray | None = None) -> int:
         """Run a SEC("syscall") program once (BPF_PROG_TEST_RUN); returns its return value.
 

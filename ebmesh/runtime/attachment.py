@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ebmesh.datapath import abi
 from ebmesh.datapath.image import DatapathImage
-from ebmesh.datapath.programs import RECORDER, hooks_needed
+from ebmesh.datapath.programs import RECORDER, SHORTCUT, hooks_needed
 from ebmesh.errors import AttachError
 from ebmesh.loader import AttachType, BpfLink, RingBuffer, program_info, query_cgroup
 from ebmesh.runtime import cgroups, pins, registry
@@ -124,7 +124,13 @@ class Attachment:
             else:
                 self._loaded, self._index = self._load(image, workload_cgroups, shared={})
                 self._image, self.workload_cgroups = image, workload_cgroups
-                self._attach(hooks_needed(image.services, recorder=spans_namespaces(self.cgroup)))
+                self._attach(
+                    hooks_needed(
+                        image.services,
+                        recorder=spans_namespaces(self.cgroup),
+                        accelerate=image.shape.accelerate,
+                    )
+                )
             if pin:
                 self._pin()
             self._watch()
@@ -191,7 +197,10 @@ class Attachment:
         """A verified copy of `image` with every map filled, not attached yet."""
         loaded = load_image(
             image,
-            programs=hooks_needed(image.services, recorder=True),
+            programs=(
+                *hooks_needed(image.services, recorder=True, accelerate=image.shape.accelerate),
+            )
+            + ((SHORTCUT,) if image.shape.accelerate else ()),
             attach_cgroup_id=cgroups.cgroup_id(self.cgroup),
             events=self.event_level,
             backend_capacity=self._backend_capacity,
@@ -263,9 +272,14 @@ class Attachment:
         )
 
     def _attach(self, names: tuple[str, ...]) -> None:
+        programs = self._bpf.programs
+        if SHORTCUT in programs and programs[SHORTCUT].autoload and not self._loaded.shortcut_on:
+            # before sock_ops fills the map: a socket there must find the redirect ready
+            programs[SHORTCUT].attach_to_map(self._bpf.maps["shortcuts"])
+            self._loaded.shortcut_on = True
         for name in names:
             if name not in self._links:
-                self._links[name] = self._bpf.programs[name].attach_cgroup(self.cgroup)
+                self._links[name] = programs[name].attach_cgroup(self.cgroup)
         if RECORDER in self._links:  # the datapath need not ask for it
             signals = abi.DatapathSignals.packer().pack(abi.SIGNAL_FOREIGN_NETNS_SEEN, 0)
             self._bpf.maps["signals"].update(bytes(4), signals)
@@ -368,7 +382,11 @@ class Attachment:
             workload_cgroups = self._resolve_workload_cgroups(image)
             shared = {name: self._bpf.maps[name] for name in STATE_MAPS}
             loaded, index = self._load(image, workload_cgroups, shared)
-            wanted = hooks_needed(image.services, recorder=RECORDER in self._links)
+            wanted = hooks_needed(
+                image.services,
+                recorder=RECORDER in self._links,
+                accelerate=image.shape.accelerate,
+            )
             swapped = []
             try:
                 for name, link in self._links.items():
@@ -473,6 +491,16 @@ class Attachment:
     def backend_counters(self) -> dict[str, dict[str, int]]:
         """Per service, per backend: connections (TCP) and sockets (UDP) sent to it."""
         return self._loaded.balancer.counters()
+
+    def shortcut_counters(self) -> dict[str, int]:
+        """`accelerate on`: messages sent socket to socket, and messages of accelerated
+        sockets whose peer was not accelerated (they went through the stack)."""
+        counters = self._bpf.maps["shortcut_counters"]
+        totals = []
+        for index in (0, 1):
+            per_cpu = counters.lookup_percpu(index.to_bytes(4, "little")) or []
+            totals.append(sum(int.from_bytes(v[:8], "little") for v in per_cpu))
+        return {"shortcut": totals[0], "stack": totals[1]}
 
     def lost_events(self) -> int:
         per_cpu = self._bpf.maps["lost_events"].lookup_percpu((0).to_bytes(4, "little")) or []

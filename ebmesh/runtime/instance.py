@@ -10,6 +10,10 @@ from ebmesh.datapath.image import DatapathImage
 from ebmesh.loader import BpfObject, MapAccess
 from ebmesh.runtime.balancing import Balancer, service_index_size
 
+# Sockets the `accelerate on` shortcut holds at once (two per connection);
+# a connection that finds it full uses the stack.
+SHORTCUT_CAPACITY = 65536
+
 EVENT_LEVELS = {"none": abi.EVENTS_NONE, "denied": abi.EVENTS_DENIED, "all": abi.EVENTS_ALL}
 
 
@@ -17,6 +21,7 @@ EVENT_LEVELS = {"none": abi.EVENTS_NONE, "denied": abi.EVENTS_DENIED, "all": abi
 class LoadedImage:
     bpf: BpfObject
     balancer: Balancer
+    shortcut_on: bool = False  # the sk_msg program is attached to this copy's shortcut map
 
     def close(self) -> None:
         self.bpf.close()
@@ -69,6 +74,7 @@ def load_image(
         bpf.maps["backends"].set_max_entries(capacity)
         bpf.maps["backend_counters"].set_max_entries(capacity)
         bpf.maps["backend_slots"].set_max_entries(2 * capacity)
+        bpf.maps["shortcuts"].set_max_entries(SHORTCUT_CAPACITY)
         for name, running in shared_maps.items():
             bpf.maps[name].set_max_entries(running.max_entries)
             bpf.maps[name].reuse_fd(running.fd)

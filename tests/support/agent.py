@@ -59,6 +59,108 @@ def _serve_udp(key: int, server: socket.socket) -> None:
             pass
 
 
+def _echo(conn: socket.socket) -> None:
+    """Send back everything, then half-close when the client has."""
+    try:
+        while True:
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _serve_echo(key: int, server: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with _lock:
+            _accepted[key] = _accepted.get(key, 0) + 1
+        threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+
+def listen_echo(address: str, port: int) -> dict:
+    """A TCP echo server: each connection gets back what it sent, then EOF after its EOF."""
+    server = socket.socket(_family(address), socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address, port))
+    server.listen(128)
+    key = server.fileno()
+    _listeners[key] = server
+    threading.Thread(target=_serve_echo, args=(key, server), daemon=True).start()
+    return {"ok": True, "id": key, "port": server.getsockname()[1]}
+
+
+def exchange(address: str, port: int, sizes: list, timeout: float = 10.0) -> dict:
+    """Over one connection, write messages of `sizes` bytes (random contents), half-close,
+    read the echo to EOF: whether every byte came back in order, and how many."""
+    import hashlib
+
+    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+    total_in = total_out = 0
+    try:
+        sock.connect((address, port))
+        reader_done = threading.Event()
+        box = {}
+
+        def read_all():
+            nonlocal total_in
+            try:
+                while True:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        break
+                    received.update(data)
+                    total_in += len(data)
+            except OSError as exc:
+                box["error"] = exc.errno
+            reader_done.set()
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        for size in sizes:
+            payload = os.urandom(size)
+            sent.update(payload)
+            total_out += size
+            sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        reader_done.wait(timeout)
+        return {
+            "ok": "error" not in box and reader_done.is_set(),
+            "intact": sent.digest() == received.digest(),
+            "sent": total_out,
+            "received": total_in,
+            "error": box.get("error"),
+        }
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno}
+    finally:
+        sock.close()
+
+
+def exchange_many(address: str, port: int, connections: list, timeout: float = 20.0) -> dict:
+    """`exchange` over several connections at once (one thread each): their results."""
+    results: list = [None] * len(connections)
+
+    def one(index: int) -> None:
+        results[index] = exchange(address, port, connections[index], timeout)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(connections))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"ok": True, "results": results}
+
+
 def listen(protocol: str, address: str, port: int) -> dict:
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     server = socket.socket(_family(address), kind)
@@ -407,6 +509,9 @@ COMMANDS = {
     "ask_many": ask_many,
     "udp_peers": udp_peers,
     "probe_many": probe_many,
+    "listen_echo": listen_echo,
+    "exchange": exchange,
+    "exchange_many": exchange_many,
     "accepted": accepted,
     "close": close,
     "listen_many": listen_many,

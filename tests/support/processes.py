@@ -149,6 +149,24 @@ class Agent:
             "ask_many", address=address, port=port, count=count, source=source, timeout=timeout
         )
 
+    def listen_echo(self, address: str, port: int = 0) -> int:
+        """A TCP echo server (half-closes after the client does); returns its port."""
+        return self._must("listen_echo", address=address, port=port)["port"]
+
+    def exchange(self, address: str, port: int, sizes: list[int], timeout: float = 10.0) -> dict:
+        """One connection: messages of `sizes` bytes out, half-close, the echo back to EOF:
+        {ok, intact, sent, received}."""
+        return self.call("exchange", address=address, port=port, sizes=sizes, timeout=timeout)
+
+    def exchange_many(
+        self, address: str, port: int, connections: list[list[int]], timeout: float = 20.0
+    ) -> list[dict]:
+        """`exchange` over several connections at once, inside the agent."""
+        answer = self._must(
+            "exchange_many", address=address, port=port, connections=connections, timeout=timeout
+        )
+        return answer["results"]
+
     def probe_many(self, flows: list[tuple[str, str, int, str | None]], timeout: float = 0.25):
         """Every (protocol, address, port, bind address or None) at once: each one's outcome
         ("allowed", "denied at once", "dropped", "odd: ...") and the local address and port."""
