@@ -27,6 +27,9 @@ setup(
         "lark>=1.1.9,<1.4",
         "pydantic>=2.5,<3",
         "pyelftools>=0.30",
+        # mTLS (ebmesh/mtls): keys and X.509 SVIDs. Tested with 50.0.2; 43 is the first
+        # with the not_valid_*_utc and verify_directly_issued_by APIs used there.
+        "cryptography>=43,<51",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],
