@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", required=True, help="ADDR:PORT/PROTO, NAME:PORT/PROTO, or a service name"
     )
     explain.set_defaults(run=cmd_explain)
+
+    from ebmesh import cli_ca  # the `ca` group: its own module
+
+    cli_ca.add_commands(commands)
     return parser
 
 
