@@ -487,10 +487,9 @@ class Authenticator:
                 Reason.UNREACHABLE, f"{peer.name} is not local: its host's address is needed"
             )
         with self._lock:
-            svid = self._svids.get(own.name)
-            if svid is None:
-                why = self._without_svid.get(own.name)
-                raise AuthFailure(Reason.NO_SVID, why.detail if why else f"{own.name} has no SVID")
+            svid = self._usable_svid(own.name)
+            if source.is_local and destination.is_local:
+                self._usable_svid(peer.name)  # else the listener's half could not answer
             client_context = self._contexts_of(svid)[0]
             served = self._served
         if key.host is None:
@@ -503,6 +502,7 @@ class Authenticator:
                 f"no authenticator at {key.host} port {self.peer_port}: {error.strerror or error}",
             ) from None
         with sock:
+            _no_delay(sock)
             return handshake.initiate(
                 sock,
                 client_context,
@@ -512,6 +512,19 @@ class Authenticator:
                 self._check_peer,
                 self.handshake_timeout,
             )
+
+    def _usable_svid(self, name: str) -> Svid:
+        """A local workload's SVID, or the AuthFailure that says why it has none (the lock is
+        held)."""
+        svid = self._svids.get(name)
+        if svid is None:
+            why = self._without_svid.get(name)
+            raise AuthFailure(
+                why.reason if why else Reason.NO_SVID, why.detail if why else f"{name} has no SVID"
+            )
+        if svid.not_after <= time.time():
+            raise AuthFailure(Reason.EXPIRED, f"the SVID of {name} expired")
+        return svid
 
     def _local_handshake(self, context, svid, expected, role, served) -> Authenticated:
         """Both halves on this host, over a socket pair: no port, no address needed. The
@@ -555,6 +568,7 @@ class Authenticator:
     def _answer_remote(self, sock: socket.socket, host: IPAddress) -> None:
         try:
             with sock:
+                _no_delay(sock)
                 handshake.answer(
                     sock,
                     self._served,
@@ -733,10 +747,10 @@ class Authenticator:
         self._emit_all(events)
         issuer = self.store.issuer() is not None
         with self._lock:
-            renewals = {
+            renewals = {  # due for renewal, or expired (then they go to without_svid)
                 name: self._local[name]
                 for name, svid in self._svids.items()
-                if issuer and svid.renew_at <= now
+                if (issuer and svid.renew_at <= now) or svid.not_after <= now
             }
         for key in due:
             if self._submit(key) is not None:
@@ -748,8 +762,7 @@ class Authenticator:
         with self._lock:
             times = [r.expires_at for r in self._records.values()]
             times += [r.refresh_at for r in self._records.values() if r.refresh_at is not None]
-            if issuer:
-                times += [s.renew_at for s in self._svids.values()]
+            times += [s.renew_at if issuer else s.not_after for s in self._svids.values()]
         # What is overdue (in flight, or a renewal that could not issue) is looked at again
         # at the next reload, not in a busy loop.
         later = now + self.reload_interval
@@ -761,6 +774,16 @@ class Authenticator:
         names = set(changes.svids) & self._local.keys()
         if changes.bundle or changes.issuer or changes.revoked:
             names = set(self._local)
+        bundle = None
+        if changes.bundle:
+            try:
+                bundle_pem, bundle = self.store.bundle_pem(), self.store.bundle()
+            except EbmeshError:
+                bundle = None  # a bundle being rewritten: keep trusting the last good one
+            else:
+                with self._lock:
+                    self._bundle_pem = bundle_pem
+                    self._rebuild_served()
         if changes.revoked:
             with self._lock:
                 self._revoked.update(self.store.revoked())
@@ -771,33 +794,28 @@ class Authenticator:
                     self._drop(k, Outcome.REVOKED, Reason.REVOKED, "listed in revoked.txt")
                     for k in gone
                 ]
-        if changes.bundle:
-            try:
-                bundle_pem, bundle = self.store.bundle_pem(), self.store.bundle()
-            except EbmeshError:
-                bundle_pem = None  # a bundle being rewritten: keep trusting the last good one
-            if bundle_pem is not None:
-                with self._lock:
-                    self._bundle_pem = bundle_pem
-                    self._rebuild_served()
-                    now = time.time()
-                    for key, record in list(self._records.items()):
-                        if record.refresh_at is not None:
-                            record.refresh_at = now  # the scheduler re-authenticates it next
-                        elif not certs.chains_to([_certificate(record.peer_der)], bundle):
-                            # Answered here, the peer's leaf no longer leads to the bundle (or
-                            # through intermediates this side never saw): a fresh handshake
-                            # decides.
-                            events.append(
-                                self._drop(
-                                    key,
-                                    Outcome.REVOKED,
-                                    Reason.UNKNOWN_CA,
-                                    "no longer trusted by bundle.pem",
-                                )
+        # The SVIDs first: a pair re-authenticated below must use what is valid now.
+        changed = self._refresh_svids({n: self._local[n] for n in names})
+        if bundle is not None:
+            with self._lock:
+                now = time.time()
+                for key, record in list(self._records.items()):
+                    if record.refresh_at is not None:
+                        record.refresh_at = now  # the scheduler re-authenticates it next
+                    elif not certs.chains_to([_certificate(record.peer_der)], bundle):
+                        # Answered here, the peer's leaf no longer leads to the bundle (or
+                        # through intermediates this side never saw): a fresh handshake
+                        # decides.
+                        events.append(
+                            self._drop(
+                                key,
+                                Outcome.REVOKED,
+                                Reason.UNKNOWN_CA,
+                                "no longer trusted by bundle.pem",
                             )
+                        )
         self._emit_all(events)
-        self._after_svid_change(self._refresh_svids({n: self._local[n] for n in names}))
+        self._after_svid_change(changed)
         self._wake.set()
 
     def _after_svid_change(self, names: list[str]) -> None:
@@ -807,6 +825,12 @@ class Authenticator:
             names = [n for n in names if n in self._svids]
         if names:
             self._authenticate_needed(names)
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """The exchange is a few small writes each way: with Nagle's algorithm, the one after
+    the TLS handshake waits for the peer's delayed ACK (40 ms on Linux)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _certificate(der: bytes):

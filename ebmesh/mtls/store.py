@@ -380,14 +380,19 @@ class IdentityStore:
         return svid
 
     def _svid_signature(self, workload: str):
+        """The files an SVID's validation depends on: its own two, and the bundle."""
         base = self.directory / self._relative_svid(workload)
-        return _signature(base.with_suffix(".pem")), _signature(base.with_suffix(".key"))
+        return (
+            _signature(base.with_suffix(".pem")),
+            _signature(base.with_suffix(".key")),
+            _signature(self.directory / BUNDLE),
+        )
 
     def _read_svid(self, workload: str, spiffe_id: str) -> Svid | None:
         """The SVID on disk, validated; None if there is none (either file missing)."""
         base = self._relative_svid(workload)
         signature = self._svid_signature(workload)
-        if None in signature:
+        if None in signature[:2]:
             return None
         cached = self._cached.get(base)
         if cached is not None and cached[0] == signature and cached[1][0] == spiffe_id:

@@ -350,3 +350,74 @@ def test_an_identity_directory_can_be_copied_to_another_host(tmp_path, store):
         shutil.copy(store.directory / "svid" / f"api{suffix}", other / "svid" / f"api{suffix}")
     svid = IdentityStore(other).load("api", spiffe_id("api"))
     assert svid.fingerprint == store.load("api", spiffe_id("api")).fingerprint
+
+
+def test_two_hosts_over_ipv6(authenticators, store):
+    api_host, api_sink = authenticators(
+        store, [workload(1, "frontend", local=False), workload(2, "api")], [(1, 2)], listen=["::1"]
+    )
+    frontend_host, frontend_sink = authenticators(
+        store,
+        [workload(1, "frontend"), workload(2, "api", local=False)],
+        [(1, 2)],
+        listen=[],
+        peer_port=api_host.port,
+    )
+    event = frontend_host.authenticate(1, 2, "::1")
+    assert event.outcome is Outcome.AUTHENTICATED, event
+    assert [p.host for p in api_sink.pairs()] == [ipaddress.ip_address("::1")]
+    assert [p.host for p in frontend_sink.pairs()] == [ipaddress.ip_address("::1")]
+
+
+def test_the_default_listener_takes_ipv4_peers_as_ipv4_addresses(authenticators, store):
+    """listen=None: one dual-stack socket; an IPv4 peer arrives as ::ffff:a.b.c.d and is
+    recorded as the IPv4 address the datapath sees."""
+    api_host, api_sink = authenticators(
+        store, [workload(1, "frontend", local=False), workload(2, "api")], [(1, 2)], listen=None
+    )
+    assert api_host.addresses == ["::"]
+    frontend_host, _ = authenticators(
+        store,
+        [workload(1, "frontend"), workload(2, "api", local=False)],
+        [(1, 2)],
+        listen=[],
+        peer_port=api_host.port,
+    )
+    assert frontend_host.authenticate(1, 2, "127.0.0.1").outcome is Outcome.AUTHENTICATED
+    assert [p.host for p in api_sink.pairs()] == [LOOPBACK]
+
+
+class _HeldSink(PairTable):
+    """A sink whose grants wait until released: a handshake held at its last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def grant(self, src, dst, host, expires_at):
+        self.reached.set()
+        assert self.release.wait(10)
+        super().grant(src, dst, host, expires_at)
+
+
+def test_a_revocation_during_a_handshake_wins(authenticators, store):
+    """frontend's host has checked api's certificate; api's host is about to answer ok. A
+    revocation of api now must keep the pair from being granted when the answer lands."""
+    held = _HeldSink()
+    api_host, _ = authenticators(
+        store, [workload(1, "frontend", local=False), workload(2, "api")], [(1, 2)], sink=held
+    )
+    frontend_host, frontend_sink = authenticators(
+        store,
+        [workload(1, "frontend"), workload(2, "api", local=False)],
+        [(1, 2)],
+        listen=[],
+        peer_port=api_host.port,
+    )
+    future = frontend_host.request(1, 2, "127.0.0.1")
+    assert held.reached.wait(10)
+    frontend_host.revoke(spiffe_id("api"))
+    held.release.set()
+    event = future.result(timeout=10)
+    assert (event.outcome, event.reason) == (Outcome.FAILED, Reason.REVOKED)
+    assert frontend_sink.pairs() == []

@@ -251,3 +251,13 @@ def test_inventory_lists_everything_with_expiries(store):
         "svid/db.pem": (spiffe_id("db"), "key does not match"),
     }
     assert all(c.not_after > time.time() for c in inventory.svids)
+
+
+def test_a_new_bundle_revalidates_the_svids_read_before(store):
+    store.load("api", API)
+    (store.directory / "bundle.pem").write_bytes(pki.make_ca(name="new").pem)
+    for name in ("ca.pem", "ca.key"):
+        (store.directory / name).unlink()
+    with pytest.raises(SvidUnavailable) as caught:
+        store.load("api", API)
+    assert caught.value.reason is Reason.UNKNOWN_CA
