@@ -135,12 +135,26 @@ def test_an_unreachable_host_fails_fast_with_its_reason(authenticators, store):
 
 
 def test_requests_for_a_pair_in_flight_are_joined(authenticators, store):
-    authenticator, sink = authenticators(store, [workload(1, "a"), workload(2, "b")], [(1, 2)])
+    """The kernel may signal a pair on every refused connection: while one handshake for it
+    is under way (held here in its event callback), more requests start nothing."""
+    armed, reached, release = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(event):
+        if armed.is_set():
+            reached.set()
+            assert release.wait(10)
+
+    authenticator, sink = authenticators(
+        store, [workload(1, "a"), workload(2, "b")], [(1, 2)], on_event=hold
+    )
     grants = sink.grants
-    futures = [authenticator.request(1, 2) for _ in range(20)]
-    assert futures[0] is not None
-    [f.result(timeout=10) for f in futures if f is not None]
-    assert 1 <= sink.grants - grants < 20
+    armed.set()
+    first = authenticator.request(1, 2)
+    assert first is not None and reached.wait(10)
+    assert [authenticator.request(1, 2) for _ in range(19)] == [None] * 19
+    release.set()
+    assert first.result(timeout=10).outcome is Outcome.AUTHENTICATED
+    assert sink.grants - grants == 1
 
 
 def test_a_workload_without_svid_cannot_authenticate_and_is_named(authenticators, tmp_path):
@@ -421,3 +435,19 @@ def test_a_revocation_during_a_handshake_wins(authenticators, store):
     event = future.result(timeout=10)
     assert (event.outcome, event.reason) == (Outcome.FAILED, Reason.REVOKED)
     assert frontend_sink.pairs() == []
+
+
+def test_serve_forever_runs_in_the_foreground_until_stopped(store):
+    authenticator = Authenticator(store, [workload(1, "a"), workload(2, "b")], [(1, 2)], listen=[])
+    foreground = threading.Thread(target=authenticator.serve_forever)
+    foreground.start()
+    deadline = time.monotonic() + 10
+    while not authenticator.authenticated() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(p.src, p.dst) for p in authenticator.authenticated()] == [(1, 2)]
+    assert foreground.is_alive()
+    authenticator.stop()
+    foreground.join(5)
+    assert not foreground.is_alive()
+    with pytest.raises(RuntimeError, match="starts once"):
+        authenticator.start()
