@@ -68,8 +68,9 @@ class _Record:
 
 @dataclass(frozen=True)
 class StartReport:
-    """What `start()` did: the local pairs pre-authenticated, those that failed, and the
-    local workloads that have no SVID (they cannot authenticate)."""
+    """What `start()` did: how many local pairs are authenticated, the failed handshakes
+    (one event each: a handshake also stands for its pair's reverse), and the local
+    workloads that have no SVID (they cannot authenticate)."""
 
     seconds: float
     authenticated: int
@@ -178,8 +179,9 @@ class Authenticator:
                 self._listener = self._open_listener()
             # Remote pairs are tried too, but not waited for: their hosts may be down.
             local = [f for key, f in self._authenticate_needed(self._local) if key.host is None]
-            events = [future.result() for future in local]
-            failed = [e for e in events if e.outcome is not Outcome.AUTHENTICATED]
+            failed = [
+                e for e in (f.result() for f in local) if e.outcome is not Outcome.AUTHENTICATED
+            ]
         except BaseException:
             self.stop()
             raise
@@ -187,9 +189,11 @@ class Authenticator:
             target=self._schedule, name="ebmesh-mtls-scheduler", daemon=True
         )
         self._scheduler.start()
+        with self._lock:
+            authenticated = sum(1 for key in self._records if key.host is None)
         return StartReport(
             seconds=time.monotonic() - began,
-            authenticated=len(events) - len(failed),
+            authenticated=authenticated,
             failed=tuple(failed),
             without_svid=self.without_svid(),
         )
@@ -440,8 +444,20 @@ class Authenticator:
             elif source.is_local or destination.is_local:
                 remote = destination if source.is_local else source
                 keys += [Pair(src, dst, host) for host in _host_addresses(remote)]
-        submitted = [(key, self._submit(key)) for key in keys]
+        chosen: dict[Pair, None] = {}
+        for key in keys:  # one handshake serves both directions: skip a reverse already in
+            if Pair(key.dst, key.src, key.host) not in chosen:
+                chosen[key] = None
+        submitted = [(key, self._submit(key)) for key in chosen]
         return [(key, future) for key, future in submitted if future is not None]
+
+    def _directions(self, key: Pair) -> list[Pair]:
+        """The pairs one handshake for `key` authenticates: `key`, and its reverse when the
+        policy needs that too. The handshake is mutual: it proves each identity to the
+        other whichever of them was TLS's client."""
+        reverse = Pair(key.dst, key.src, key.host)
+        needed = self._needed is None or (reverse.src, reverse.dst) in self._needed
+        return [key, reverse] if needed and reverse != key else [key]
 
     def _submit(self, key: Pair) -> concurrent.futures.Future | None:
         with self._lock:
@@ -451,13 +467,17 @@ class Authenticator:
                 future = self._initiators.submit(self._authenticate, key)
             except RuntimeError:  # shutting down
                 return None
-            self._in_flight[key] = future
-        future.add_done_callback(lambda _, key=key: self._landed(key))
+            covered = [k for k in self._directions(key) if k not in self._in_flight]
+            for covered_key in covered:
+                self._in_flight[covered_key] = future
+        future.add_done_callback(lambda _: self._landed(covered, future))
         return future
 
-    def _landed(self, key: Pair) -> None:
+    def _landed(self, keys: list[Pair], future: concurrent.futures.Future) -> None:
         with self._lock:
-            self._in_flight.pop(key, None)
+            for key in keys:
+                if self._in_flight.get(key) is future:
+                    del self._in_flight[key]
 
     def _authenticate(self, key: Pair) -> AuthEvent:
         """One handshake for `key`, as the client. Runs in the initiator pool."""
@@ -468,7 +488,7 @@ class Authenticator:
         except Exception as error:  # a bug; reported as an event, the thread survives
             traceback.print_exc(file=sys.stderr)
             return self._failed(key, AuthFailure(Reason.PROTOCOL, f"internal error: {error!r}"))
-        return self._granted([key], result, initiated=True)
+        return self._granted(self._directions(key), result, initiated=True)
 
     def _handshake(self, key: Pair) -> Authenticated:
         source, destination = self._workloads.get(key.src), self._workloads.get(key.dst)
@@ -609,10 +629,14 @@ class Authenticator:
     def _admit(self, result: Authenticated, host: IPAddress) -> None:
         """The listener's half accepted a remote client: record the pairs, before the client
         is told (so both hosts have it once the client does)."""
-        keys = [
-            Pair(src, dst, host)
+        forward = [
+            (src, dst)
             for src in self._by_spiffe_id[result.source_id]
             for dst in self._by_spiffe_id[result.destination_id]
+        ]
+        keys = [  # both directions: the handshake is mutual (see _directions)
+            Pair(src, dst, host)
+            for src, dst in dict.fromkeys(forward + [(d, s) for s, d in forward])
             if self._needed is None or (src, dst) in self._needed
         ]
         if not keys:
@@ -671,12 +695,16 @@ class Authenticator:
                     key, Outcome.FAILED, reason=failure.reason, detail=failure.detail, side=side
                 )
             ]
-            record = self._records.get(key)
-            if record is not None:
+            for direction in self._directions(key):
+                record = self._records.get(direction)
+                if record is None:
+                    continue
                 if failure.reason in _TRANSIENT:
                     record.refresh_at = min(now + MIN_RETRY_INTERVAL, record.expires_at)
                 else:  # the certificates no longer pass: the pair goes now
-                    events.append(self._drop(key, Outcome.REVOKED, failure.reason, failure.detail))
+                    events.append(
+                        self._drop(direction, Outcome.REVOKED, failure.reason, failure.detail)
+                    )
         return events
 
     def _drop(self, key: Pair, outcome: Outcome, reason: Reason | None, detail: str) -> AuthEvent:

@@ -43,9 +43,20 @@ def test_every_local_pair_is_authenticated_before_start_returns(authenticators, 
     svids = {w.identity: store.load(w.name, w.spiffe_id) for w in workloads}
     for pair in authenticator.authenticated():
         assert pair.expires_at == min(svids[pair.src].not_after, svids[pair.dst].not_after)
-    assert sink.grants == len(pairs)  # one handshake each
+    assert sink.grants == len(pairs)  # one grant each
     events = authenticator.poll_events()
     assert {e.outcome for e in events} == {Outcome.AUTHENTICATED} and len(events) == 30
+
+
+def test_one_handshake_authenticates_both_directions_when_both_are_needed(authenticators, store):
+    """The handshake is mutual: when the policy needs a -> b and b -> a, one serves both."""
+    workloads = [workload(1, "a"), workload(2, "b"), workload(3, "c")]
+    authenticator, sink = authenticators(store, workloads, [(1, 2), (2, 1), (1, 3)])
+    assert sorted((p.src, p.dst) for p in sink.pairs()) == [(1, 2), (1, 3), (2, 1)]
+    assert sink.grants == 3 and authenticator.report.authenticated == 3
+    event = authenticator.authenticate(2, 1)  # on demand: both directions again
+    assert event.outcome is Outcome.AUTHENTICATED
+    assert sink.grants == 5 and (3, 1, None) not in sink
 
 
 def test_only_the_pairs_the_policy_needs(authenticators, store):
