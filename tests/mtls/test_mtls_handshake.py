@@ -256,3 +256,14 @@ def test_a_good_client_gets_tls13_and_the_destinations_own_svid(
     [pair] = sink.pairs()
     assert (pair.src, pair.dst, str(pair.host)) == (1, 2, "127.0.0.1")
     assert pair.expires_at == pytest.approx(answer["expires_at"])
+
+
+def test_a_tls12_client_is_refused(authenticators, store, ca, tmp_path):
+    authenticator, sink = _listener_side(authenticators, store)
+    context = pki.client_context(pki.make_leaf(ca, FRONTEND), ca.pem, tmp_path)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    answer = _hostile_client(authenticator.port, context)
+    assert isinstance(answer, str) and answer.startswith("TLS error")
+    assert _listener_failure(authenticator).reason is Reason.PROTOCOL
+    assert sink.pairs() == []
