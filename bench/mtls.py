@@ -7,7 +7,7 @@
 
 Parts:
   handshakes  handshakes per second, one client after the other: a local pair (both
-              halves in this process, over a socket pair) and a remote pair over
+              halves in this process, in memory) and a remote pair over
               loopback (the listener in another process)
   preauth     Authenticator.start() for 30 local workloads and all 435 pairs
   attach      compile+attach of a 30-workload policy, without mtls rules, and with

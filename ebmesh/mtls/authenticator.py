@@ -11,9 +11,10 @@ it has an issuer, and revokes. Results go to a `PairSink` (the datapath's
 map); what happened goes to `AuthEvent`s.
 
 Threads: one listener, one scheduler (timers, polling the identity
-directory), a pool of initiators (client halves), a pool answering remote
-clients and one answering this host's own local handshakes (so that a flood
-of remote connections cannot starve local pre-authentication).
+directory), a pool of initiators (client halves, and both halves of a local
+pair's handshake, which never waits for the listener's pool: a flood of remote
+connections cannot starve local pre-authentication) and a pool answering
+remote clients.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Authenticator:
         self._wake = threading.Event()
         self._listener: Listener | None = None
         self._scheduler: threading.Thread | None = None
-        self._initiators = self._answerers = self._local_answerers = None
+        self._initiators = self._answerers = None
         self.started = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -165,9 +166,6 @@ class Authenticator:
         self.store.reload()  # what is on disk now is the baseline of change detection
         self._initiators = concurrent.futures.ThreadPoolExecutor(
             self._workers, "ebmesh-mtls-client"
-        )
-        self._local_answerers = concurrent.futures.ThreadPoolExecutor(
-            self._workers, "ebmesh-mtls-local"
         )
         self._answerers = concurrent.futures.ThreadPoolExecutor(
             2 * self._workers, "ebmesh-mtls-answer"
@@ -217,7 +215,7 @@ class Authenticator:
             self._scheduler.join()
         if self._listener is not None:
             self._listener.close()
-        for pool in (self._initiators, self._answerers, self._local_answerers):
+        for pool in (self._initiators, self._answerers):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self.started = False
@@ -512,8 +510,10 @@ class Authenticator:
                 self._usable_svid(peer.name)  # else the listener's half could not answer
             client_context = self._contexts_of(svid)[0]
             served = self._served
-        if key.host is None:
-            return self._local_handshake(client_context, svid, peer.spiffe_id, role, served)
+        if key.host is None:  # both halves here: no port, no address, no second thread
+            return handshake.mutual_in_memory(
+                client_context, svid, peer.spiffe_id, role, served, self._check_peer
+            )
         try:
             sock = socket.create_connection((str(key.host), self.peer_port), self.connect_timeout)
         except OSError as error:
@@ -545,33 +545,6 @@ class Authenticator:
         if svid.not_after <= time.time():
             raise AuthFailure(Reason.EXPIRED, f"the SVID of {name} expired")
         return svid
-
-    def _local_handshake(self, context, svid, expected, role, served) -> Authenticated:
-        """Both halves on this host, over a socket pair: no port, no address needed. The
-        listener's half only checks; the client's half records the pair."""
-        client, listener = socket.socketpair()
-        answered = self._local_answerers.submit(self._answer_local, listener, served)
-        try:
-            with client:
-                return handshake.initiate(
-                    client, context, svid, expected, role, self._check_peer, self.handshake_timeout
-                )
-        except AuthFailure as failure:
-            # The listener's half knows better why it refused our certificate.
-            found = answered.result()
-            if failure.reason in (Reason.PEER_REFUSED, Reason.PROTOCOL) and found is not None:
-                raise found from None
-            raise
-
-    def _answer_local(self, sock: socket.socket, served: ServedWorkloads) -> AuthFailure | None:
-        with sock:
-            try:
-                handshake.answer(
-                    sock, served, self._check_peer, lambda _: None, self.handshake_timeout
-                )
-            except AuthFailure as failure:
-                return failure
-        return None
 
     def _accepted(self, sock: socket.socket, host: IPAddress) -> None:
         """A remote client connected to the listener (runs on the listener's thread)."""

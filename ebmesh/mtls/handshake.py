@@ -223,20 +223,35 @@ class ServedWorkloads:
         return None
 
     def accept(self, sock: socket.socket) -> tuple[ssl.SSLSocket, Svid]:
+        """The listener's TLS handshake on an accepted socket, and the SVID it presented."""
         self._chosen.asked, self._chosen.entry, self._chosen.name = False, None, None
         try:
             connection = self.context.wrap_socket(sock, server_side=True)
-        except ssl.SSLError:
-            if self._chosen.asked and self._chosen.entry is None:
-                raise AuthFailure(
-                    Reason.UNKNOWN_DESTINATION,
-                    f"no local workload answers to server name {self._chosen.name!r}",
-                ) from None
-            raise
+        except ssl.SSLError as error:
+            raise self.failure(error) from None
         if self._chosen.entry is None:  # OpenSSL asks even without SNI; this is a safeguard
             connection.close()
             raise AuthFailure(Reason.UNKNOWN_DESTINATION, "the client named no workload")
         return connection, self._chosen.entry[0]
+
+    def accept_in_memory(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
+        """The listener's half over memory buffers (see `mutual_in_memory`)."""
+        self._chosen.asked, self._chosen.entry, self._chosen.name = False, None, None
+        return self.context.wrap_bio(incoming, outgoing, server_side=True)
+
+    @property
+    def chosen(self) -> Svid | None:
+        """The SVID the last handshake of this thread presented."""
+        return self._chosen.entry[0] if self._chosen.entry else None
+
+    def failure(self, error: ssl.SSLError) -> AuthFailure:
+        """What a failed handshake of the listener's half means."""
+        if self._chosen.asked and self._chosen.entry is None:
+            return AuthFailure(
+                Reason.UNKNOWN_DESTINATION,
+                f"no local workload answers to server name {self._chosen.name!r}",
+            )
+        return failure_from_ssl(error, "the client's")
 
 
 @_guarded("the client's")
@@ -278,3 +293,56 @@ def answer(
             raise
         _send(connection, {"ok": True, "expires_at": result.expires_at})
         return result
+
+
+def mutual_in_memory(
+    context: ssl.SSLContext,
+    own: Svid,
+    expected_peer: str,
+    role: Role,
+    served: ServedWorkloads,
+    check_peer: Callable[[PeerCertificate], None],
+) -> Authenticated:
+    """The handshake of two local workloads: both halves in this thread, over memory.
+
+    The same TLS 1.3 handshake as between hosts (the same contexts, server name and
+    checks on both sides), with OpenSSL's records passed between the two halves
+    in memory instead of through a socket: there is no one else to tell, so the
+    JSON exchange is not needed either. Once both halves have finished, each has
+    verified the other's chain; then each leaf is checked as `initiate` and `answer`
+    check them.
+    """
+    to_listener, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(
+        to_client, to_listener, server_hostname=spiffe.server_name(expected_peer)
+    )
+    listener = served.accept_in_memory(to_listener, to_client)
+    client_done = listener_done = False
+    while not (client_done and listener_done):
+        if not client_done:
+            try:
+                client.do_handshake()
+                client_done = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as error:  # this half's own verification
+                raise failure_from_ssl(error, "the listener's") from None
+        if not listener_done:
+            try:
+                listener.do_handshake()
+                listener_done = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as error:  # it runs second: a refusal is seen here first
+                raise served.failure(error) from None
+        if not (to_listener.pending or to_client.pending or (client_done and listener_done)):
+            raise AuthFailure(Reason.PROTOCOL, "the in-memory handshake stalled")
+    peer = read_peer(client.getpeercert(binary_form=True), "the listener's")
+    if peer.spiffe_id != expected_peer:
+        raise AuthFailure(
+            Reason.WRONG_SPIFFE_ID,
+            f"the listener presented an SVID of {peer.spiffe_id}, not of {expected_peer}",
+        )
+    check_peer(peer)
+    check_peer(read_peer(listener.getpeercert(binary_form=True), "the client's"))
+    return Authenticated(own, peer, own_is_source=role is Role.SOURCE)

@@ -490,7 +490,8 @@ class IdentityStore:
 
     def reload(self) -> Changes:
         """What changed on disk since the previous call (the first call sees everything as
-        new). The authenticator calls this on a timer; an explicit call works as well."""
+        new). The authenticator calls this on a timer; an explicit call works as well. The
+        changes are reported once: give each authenticator a store of its own."""
         with self._lock:
             current = {
                 name: _signature(self.directory / name)
