@@ -131,7 +131,7 @@ def issue_svid(
         )
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
-            critical=True,  # the subject is empty: RFC 5280 then wants the SAN critical
+            critical=False,  # the subject is not empty (RFC 5280 4.2.1.6)
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
