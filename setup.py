@@ -29,6 +29,9 @@ setup(
         "pyelftools>=0.30,<1",
         # inotify for the cgroup tree an attachment watches (ebmesh/runtime/watcher.py)
         "inotify_simple>=1.3,<3",
+        # mTLS (ebmesh/mtls): keys and X.509 SVIDs. Tested with 50.0.2; 43 is the first
+        # with the not_valid_*_utc and verify_directly_issued_by APIs used there.
+        "cryptography>=43,<51",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],

@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detach.add_argument("--cgroup", required=True, help="cgroup v2 directory")
     detach.set_defaults(run=cmd_detach)
+
+    from ebmesh import cli_ca  # the `ca` group: its own module
+
+    cli_ca.add_commands(commands)
     return parser
 
 

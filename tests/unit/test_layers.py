@@ -2,6 +2,7 @@
 
     language -> ir -> codegen -> toolchain        (the compile side)
     runtime -> loader                            (the run side)
+    mtls                                         (the run side's identities; no kernel)
     datapath, errors, resources                  (plain data and helpers under both)
 
 The top-level modules (compiler, policy, live, cli) sequence the layers and
@@ -29,6 +30,7 @@ MAY_IMPORT = {
     "ebmesh.toolchain": BOTTOM,
     "ebmesh.loader": {"ebmesh.errors"},
     "ebmesh.runtime": BOTTOM | {"ebmesh.loader"},
+    "ebmesh.mtls": {"ebmesh.errors", "ebmesh.datapath"},
 }
 ENTRY_POINTS = {"ebmesh", "ebmesh.__main__", "ebmesh.cli"}
 
