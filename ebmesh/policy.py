@@ -59,6 +59,8 @@ class CompiledPolicy:
         events: str = "all",
         backend_capacity: int | None = None,
         pin: bool = False,
+        identity_dir=None,
+        authenticator_port: int | None = None,
     ) -> Attachment:
         """Attach to a cgroup v2 directory (absolute, or relative to the cgroup2 mount).
 
@@ -70,6 +72,10 @@ class CompiledPolicy:
         1,024). `pin`: pin links and maps under /sys/fs/bpf/ebmesh/<mesh>/, so
         that the policy keeps enforcing with no process alive; if this mesh is
         pinned on this cgroup already, take it over without a gap.
+        `identity_dir`: with `mtls` in the policy, where the identity material is
+        (default /var/lib/ebmesh/<mesh>/: bundle.pem, maybe ca.pem/ca.key, svid/);
+        the authenticator listens on `authenticator_port` (default 4250) and
+        authenticates the local pairs the policy needs before this returns.
         """
         from ebmesh.runtime.attachment import Attachment
 
@@ -80,6 +86,8 @@ class CompiledPolicy:
             events=events,
             backend_capacity=backend_capacity,
             pin=pin,
+            identity_dir=identity_dir,
+            **({} if authenticator_port is None else {"authenticator_port": authenticator_port}),
         )
 
     def evaluate(

@@ -36,6 +36,8 @@ class DatapathImage:
     services: tuple[Service, ...]
     naming: Naming
     mesh: str = ""
+    trust_domain: str = ""
+    auth_pairs: tuple[tuple[int, int], ...] = ()  # to authenticate before the first connection
 
     @classmethod
     def assemble(
@@ -56,6 +58,8 @@ class DatapathImage:
             services=tables.services,
             naming=Naming(tables.workloads, tables.services, tables.rule_origins),
             mesh=tables.mesh,
+            trust_domain=tables.trust_domain,
+            auth_pairs=tables.auth_pairs,
         )
 
     @cached_property

@@ -71,3 +71,6 @@ class DatapathTables:
     services: tuple[Service, ...] = ()
     rule_origins: dict[int, SourceRef] = field(default_factory=dict)
     mesh: str = ""  # the mesh's name: what pinned attachments are filed under
+    trust_domain: str = ""  # of the mesh's SPIFFE IDs: a first-use issuer is made for it
+    # (source, destination) identities to authenticate before the first connection
+    auth_pairs: tuple[tuple[int, int], ...] = ()

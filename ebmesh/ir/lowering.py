@@ -284,6 +284,8 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
     tables.services = policy.services
     tables.rule_origins = {rule.id: rule.origin for rule in policy.rules if rule.origin}
     tables.mesh = policy.name
+    tables.trust_domain = policy.trust_domain
+    tables.auth_pairs = pairs_to_authenticate(policy)
 
     shape = PolicyShape(
         source_name=policy.source_name,
@@ -303,6 +305,41 @@ def lower(policy: Policy) -> tuple[PolicyShape, DatapathTables]:
         mode_line=_setting_line(policy, "mode"),
     )
     return shape, tables
+
+
+def pairs_to_authenticate(policy: Policy) -> tuple[tuple[int, int], ...]:
+    """The (source, destination) workload pairs whose connections may need mTLS: those an
+    `allow ... mtls` rule can match, and those an allow rule or `default allow` can let
+    into a workload with `mtls required`. Only these are ever authenticated (a peer host
+    cannot ask for others); the local ones before the first connection."""
+    workloads = policy.workloads
+
+    def selects(selector, workload) -> bool:
+        if selector.any or workload.identity in selector.identities:
+            return True
+        return any(
+            prefix.version == match.network.version and prefix.overlaps(match.network)
+            for match in selector.addresses
+            for prefix in workload.prefixes
+        )
+
+    pairs: set[tuple[int, int]] = set()
+    if policy.default is Verdict.ALLOW:
+        pairs.update(
+            (s.identity, d.identity) for d in workloads if d.mtls_required for s in workloads
+        )
+    for rule in policy.rules:
+        if rule.action is not Action.ALLOW:
+            continue
+        for destination in workloads:
+            if not (rule.mtls or destination.mtls_required) or not selects(
+                rule.destination, destination
+            ):
+                continue
+            pairs.update(
+                (s.identity, destination.identity) for s in workloads if selects(rule.source, s)
+            )
+    return tuple(sorted(pairs))
 
 
 def _rule_line(rule: Rule) -> RuleLine:

@@ -223,6 +223,15 @@ class IdentityStore:
         _write_atomically(bundle, existing + pem, 0o644)
         return cls(directory, key_type=key_type)
 
+    @classmethod
+    def create_if_absent(cls, directory, trust_domain: str) -> bool:
+        """The mesh's issuer made on first use: `create` when `directory` has no bundle.pem
+        (nothing was given as files). Returns whether it made one."""
+        if (Path(directory) / BUNDLE).exists():
+            return False
+        cls.create(directory, trust_domain)
+        return True
+
     # -- reading ----------------------------------------------------------------------------
 
     def _read(self, relative: str, parse):

@@ -11,6 +11,7 @@ reads the datapath's notices.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -22,7 +23,16 @@ from ebmesh.datapath.image import DatapathImage
 from ebmesh.datapath.programs import RECORDER, SHORTCUT, hooks_needed
 from ebmesh.errors import AttachError
 from ebmesh.loader import AttachType, BpfLink, RingBuffer, program_info, query_cgroup
+from ebmesh.mtls import (
+    DEFAULT_PORT,
+    Authenticator,
+    AuthEvent,
+    IdentityDirectoryError,
+    IdentityStore,
+    Outcome,
+)
 from ebmesh.runtime import cgroups, pins, registry
+from ebmesh.runtime.auth_pairs import KernelPairs
 from ebmesh.runtime.cgroup_index import CgroupIndex, index_size, tree
 from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
 from ebmesh.runtime.instance import LoadedImage, home_netns, load_image
@@ -101,6 +111,8 @@ class Attachment:
         events: str = "all",
         backend_capacity: int | None = None,
         pin: bool = False,
+        identity_dir=None,
+        authenticator_port: int = DEFAULT_PORT,
     ):
         self.cgroup: Path = cgroups.resolve(cgroup)
         cgroups.refuse_root(self.cgroup, force)
@@ -110,9 +122,13 @@ class Attachment:
         self._ring: RingBuffer | None = None
         self._pending: list[VerdictEvent] = []
         self._notices: list[AttachmentNotice] = []
+        # its own lock: the authenticator's threads note while replace() holds _lock
+        self._notices_lock = threading.Lock()
         self._lock = threading.RLock()
         self._loaded: LoadedImage | None = None
         self._watcher: Watcher | None = None
+        self._authenticator: Authenticator | None = None
+        self._identity_dir, self._authenticator_port = identity_dir, authenticator_port
         self._cgroup_slots = index_size(len(tree(self.cgroup)))
         self._since = time.time()
         adopted = self._adoptable(image)
@@ -124,6 +140,7 @@ class Attachment:
             else:
                 self._loaded, self._index = self._load(image, workload_cgroups, shared={})
                 self._image, self.workload_cgroups = image, workload_cgroups
+                self._authenticator = self._start_authenticator(image, self._bpf.maps)
                 self._attach(
                     hooks_needed(
                         image.services,
@@ -177,11 +194,16 @@ class Attachment:
         return None
 
     def _resolve_workload_cgroups(self, image: DatapathImage) -> dict[int, Path]:
-        resolved, missing = {}, []
+        """The local workloads' cgroups that exist here. A workload whose cgroup is not
+        here but that has addresses lives on another host (a mesh's policy is one for
+        all its hosts): here it is known by address. One with neither is an error."""
+        resolved, missing, self.elsewhere = {}, [], []
         for workload in image.local_workloads:
             path = self.cgroup / workload.cgroup
             if (path / "cgroup.procs").exists():
                 resolved[workload.identity] = path
+            elif workload.prefixes:
+                self.elsewhere.append(workload.name)
             else:
                 missing.append(f"{workload.name} ({path})")
         if missing:
@@ -208,7 +230,8 @@ class Attachment:
             shared_maps=shared,
         )
         try:
-            index = CgroupIndex(loaded.bpf.maps, self.cgroup, workload_cgroups)
+            declared = {w.identity: self.cgroup / w.cgroup for w in image.local_workloads}
+            index = CgroupIndex(loaded.bpf.maps, self.cgroup, declared)
             index.map_tree()
         except BaseException:
             loaded.close()
@@ -230,6 +253,7 @@ class Attachment:
                 handle.close()  # the new object holds what it took over
         self._image, self.workload_cgroups = image, workload_cgroups
         self._since = record.since
+        self._authenticator = self._start_authenticator(image, self._bpf.maps)
         links = pins.pinned_links(root)
         wanted = hooks_needed(
             image.services, recorder=RECORDER in links or spans_namespaces(self.cgroup)
@@ -304,7 +328,7 @@ class Attachment:
     # ---- what the watcher reports (its thread) -------------------------------------
 
     def _note(self, kind: str, message: str, path: Path | None = None, identity: int = 0) -> None:
-        with self._lock:
+        with self._notices_lock:
             self._notices.append(AttachmentNotice(time.time(), kind, message, path, identity))
 
     def _cgroup_made(self, path: Path) -> list[Path]:
@@ -330,6 +354,12 @@ class Attachment:
         self._note("cgroup-removed", f"cgroup {path} was removed", path)
 
     def _datapath_notice(self, notice: abi.Notice) -> None:
+        if notice.kind == abi.NOTICE_AUTH_NEEDED:
+            authenticator = self._authenticator
+            if authenticator is not None:
+                host = abi.address_from_words(notice.family, notice.host) if notice.family else None
+                authenticator.request(notice.src, notice.dst, host)
+            return
         if notice.kind == abi.NOTICE_FOREIGN_NETNS:
             with self._lock:
                 if self._links and RECORDER not in self._links:
@@ -343,12 +373,80 @@ class Attachment:
                         "senders are now recorded for receivers in other namespaces",
                     )
 
+    # ---- mTLS ------------------------------------------------------------------
+
+    def _start_authenticator(
+        self, image: DatapathImage, maps, workload_cgroups: dict[int, Path] | None = None
+    ) -> Authenticator | None:
+        """With `mtls` in the policy: its authenticator over one loaded copy's maps, started
+        (every pair of workloads here that needs it is authenticated when this returns)."""
+        if not image.shape.has_mtls:
+            return None
+        directory = Path(self._identity_dir or f"/var/lib/ebmesh/{image.mesh}")
+        try:
+            if IdentityStore.create_if_absent(directory, image.trust_domain):
+                self._note("issuer-created", f"made the mesh's issuer in {directory} (first use)")
+        except (IdentityDirectoryError, OSError) as error:
+            raise AttachError(f"cannot make the mesh's issuer in {directory}: {error}") from None
+        here = set(self.workload_cgroups if workload_cgroups is None else workload_cgroups)
+        # A declared workload whose cgroup is not here runs on another host: the
+        # authenticator dials that host instead of holding the workload's SVID.
+        workloads = [
+            w if w.identity in here or not w.is_local else dataclasses.replace(w, cgroup=None)
+            for w in image.workloads
+        ]
+        authenticator = Authenticator(
+            directory,
+            workloads,
+            image.auth_pairs,
+            sink=KernelPairs(maps),
+            port=self._authenticator_port,
+            on_event=self._auth_event,
+        )
+        try:
+            report = authenticator.start()
+        except IdentityDirectoryError as error:
+            raise AttachError(
+                f"the policy needs mTLS and the identity material at {directory} is not "
+                f"usable: {error}"
+            ) from None
+        for name, why in report.without_svid.items():
+            self._note("no-svid", f"workload {name} cannot authenticate: {why}")
+        return authenticator
+
+    def _auth_event(self, event: AuthEvent) -> None:
+        kind = {
+            Outcome.AUTHENTICATED: "authenticated",
+            Outcome.FAILED: "authentication-failed",
+            Outcome.REVOKED: "revoked",
+            Outcome.EXPIRED: "authentication-expired",
+        }.get(event.outcome, "authentication")
+        self._note(kind, str(event))
+
+    def authenticated(self):
+        """The authenticated pairs (source, destination, host, expiry), with mTLS in the policy."""
+        return self._authenticator.authenticated() if self._authenticator else []
+
+    def revoke(self, identity: str):
+        """Drop every authenticated pair with this identity (a SPIFFE ID or a workload name)
+        at once; its current certificate is not accepted again until a new SVID replaces it."""
+        if self._authenticator is None:
+            raise AttachError("this policy has no mtls: nothing is authenticated")
+        return self._authenticator.revoke(identity)
+
+    def renew(self, workload: str):
+        """Issue a local workload a fresh SVID now (the identity directory must hold the
+        issuer), e.g. after revoke(); its pairs are authenticated again with it."""
+        if self._authenticator is None:
+            raise AttachError("this policy has no mtls: nothing is authenticated")
+        return self._authenticator.renew(workload)
+
     def _root_removed(self) -> None:
         self._note("attach-cgroup-removed", f"the attach cgroup {self.cgroup} was removed")
 
     def poll_notices(self) -> list[AttachmentNotice]:
         """What the attachment did or saw since the last call (cgroups mapped, ...)."""
-        with self._lock:
+        with self._notices_lock:
             notices, self._notices = self._notices, []
         return notices
 
@@ -387,8 +485,15 @@ class Attachment:
                 recorder=RECORDER in self._links,
                 accelerate=image.shape.accelerate,
             )
+            # The new copy's pairs are authenticated before it enforces. The old
+            # authenticator lets go of its port first; its grants stay in the old
+            # copy's map, which enforces until the swap.
+            previous_authenticator, self._authenticator = self._authenticator, None
+            if previous_authenticator is not None:
+                previous_authenticator.stop()
             swapped = []
             try:
+                authenticator = self._start_authenticator(image, loaded.bpf.maps, workload_cgroups)
                 for name, link in self._links.items():
                     if name in wanted:
                         link.update_program(loaded.bpf.programs[name])
@@ -397,7 +502,9 @@ class Attachment:
                 for link, name in swapped:  # put the running policy back
                     link.update_program(self._loaded.bpf.programs[name])
                 loaded.close()
+                self._authenticator = self._start_authenticator(self._image, self._bpf.maps)
                 raise
+            self._authenticator = authenticator
             if self._ring is not None:
                 self._ring.close()
                 self._ring = None
@@ -435,6 +542,9 @@ class Attachment:
             link.close()  # the pin keeps it attached
 
     def _release(self) -> dict[str, BpfLink]:
+        authenticator, self._authenticator = self._authenticator, None
+        if authenticator is not None:
+            authenticator.stop()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()

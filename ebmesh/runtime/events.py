@@ -42,6 +42,7 @@ class VerdictEvent:
     backend_port: int = 0
     no_backend: bool = False  # a service with no usable backend refused it
     too_deep: bool = False  # the local socket's cgroup is nested too deep to be told apart: refused
+    unauthenticated: bool = False  # refused for want of mTLS authentication of the pair
 
     @property
     def decided_by(self) -> str:
@@ -73,7 +74,9 @@ class VerdictEvent:
             text += "  (no backend: ECONNREFUSED)"
         if self.too_deep:
             text += "  (cgroup nested too deep to identify: refused)"
-        if self.needs_mtls:
+        if self.unauthenticated:
+            text += " [mtls: the pair is not authenticated]"
+        elif self.needs_mtls:
             text += " [mtls]"
         if self.audit_rule:
             text += f"  audit: rule {self.audit_rule_id} ({self.audit_rule}) would deny"
@@ -113,6 +116,7 @@ def decode_event(record: bytes, naming: Naming) -> VerdictEvent:
         backend_port=event.backend_port,
         no_backend=bool(decision.flags & abi.DECISION_NO_BACKEND),
         too_deep=bool(decision.flags & abi.DECISION_TOO_DEEP),
+        unauthenticated=bool(decision.flags & abi.DECISION_UNAUTHENTICATED),
     )
 
 

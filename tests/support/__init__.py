@@ -8,6 +8,6 @@ bench/ and examples/ import this from the repository.
 """
 
 from tests.support.places import throwaway_cgroup, throwaway_netns, veth_pair
-from tests.support.processes import Agent, AgentError
+from tests.support.processes import Agent, AgentError, MeshHost
 
-__all__ = ["Agent", "AgentError", "throwaway_cgroup", "throwaway_netns", "veth_pair"]
+__all__ = ["Agent", "AgentError", "MeshHost", "throwaway_cgroup", "throwaway_netns", "veth_pair"]

@@ -520,19 +520,23 @@ COMMANDS = {
 }
 
 
-def main() -> None:
-    print(json.dumps({"ready": True, "pid": __import__("os").getpid()}), flush=True)
+def serve(commands: dict, failures: tuple[type[Exception], ...] = ()) -> None:
+    """Answer one command per line until `exit`; an OSError (or one of `failures`) is an
+    answer, not the end."""
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         name = request.pop("command")
         if name == "exit":
             break
         try:
-            answer = COMMANDS[name](**request)
+            answer = commands[name](**request)
         except OSError as exc:
             answer = {"ok": False, "errno": exc.errno, "error": str(exc)}
+        except failures as exc:
+            answer = {"ok": False, "errno": 0, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    serve(COMMANDS)

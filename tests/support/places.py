@@ -89,8 +89,10 @@ def throwaway_netns(addresses: tuple[str, ...] = (), prefix: str = TEST_PREFIX) 
 
 
 @contextlib.contextmanager
-def veth_pair(left_ns: str, left_address: str, right_ns: str, right_address: str) -> Iterator[None]:
-    """A veth link between two namespaces (it dies with them)."""
+def veth_pair(
+    left_ns: str, left_address: str, right_ns: str, right_address: str
+) -> Iterator[tuple[str, str]]:
+    """A veth link between two namespaces (it dies with them); yields the two devices' names."""
     left, right = f"veth{uuid.uuid4().hex[:6]}", f"veth{uuid.uuid4().hex[:6]}"
     ip(
         "link",
@@ -120,7 +122,7 @@ def veth_pair(left_ns: str, left_address: str, right_ns: str, right_address: str
             namespace=namespace,
         )
         ip("link", "set", device, "up", namespace=namespace)
-    yield
+    yield left, right
 
 
 def leftovers(prefix: str = TEST_PREFIX) -> list[str]:

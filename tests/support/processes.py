@@ -33,6 +33,8 @@ def _join(cgroup: Path | None):
 class Agent:
     """A process in `cgroup` (and `netns`) that opens sockets on command."""
 
+    MODULE = "tests.support.agent"  # the process side
+
     def __init__(self, cgroup: Path | None = None, netns: str | None = None, name: str = "agent"):
         self.name = name
         self.cgroup = cgroup
@@ -40,7 +42,7 @@ class Agent:
         # nsenter --net, not `ip netns exec`: the latter remounts /sys and hides the cgroup2 mount.
         enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns is not None else []
         self.process = subprocess.Popen(
-            [*enter, sys.executable, "-m", "tests.support.agent"],
+            [*enter, sys.executable, "-m", self.MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -187,3 +189,37 @@ class Agent:
                 self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
             stream.close()
+
+
+class MeshHost(Agent):
+    """A process (in `netns`) that attaches one policy and answers for it: another host
+    of the mesh, for tests across namespaces. Its process side is tests/support/mesh_host.py."""
+
+    MODULE = "tests.support.mesh_host"
+
+    def attach(self, policy: str, cgroup: Path, identity_dir: Path, port: int = 4250) -> float:
+        """Seconds the attach took (its local pairs are authenticated when it returns)."""
+        answer = self._must(
+            "attach", policy=policy, cgroup=str(cgroup), identity_dir=str(identity_dir), port=port
+        )
+        return answer["seconds"]
+
+    def authenticated(self) -> list[tuple[int, int, str | None]]:
+        return [tuple(p) for p in self._must("authenticated")["pairs"]]
+
+    def notices(self) -> list[tuple[str, str]]:
+        return [tuple(n) for n in self._must("notices")["notices"]]
+
+    def events(self, timeout: float = 0.2) -> list[dict]:
+        return self._must("events", timeout=timeout)["events"]
+
+    def revoke(self, identity: str) -> int:
+        return self._must("revoke", identity=identity)["dropped"]
+
+    def detach(self) -> None:
+        self._must("detach")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.call("detach")  # before exit: a host killed later leaves no record behind
+        super().stop()

@@ -29,7 +29,7 @@ MAY_IMPORT = {
     "ebmesh.codegen": BOTTOM,
     "ebmesh.toolchain": BOTTOM,
     "ebmesh.loader": {"ebmesh.errors"},
-    "ebmesh.runtime": BOTTOM | {"ebmesh.loader"},
+    "ebmesh.runtime": BOTTOM | {"ebmesh.loader", "ebmesh.mtls"},
     "ebmesh.mtls": {"ebmesh.errors", "ebmesh.datapath"},
 }
 ENTRY_POINTS = {"ebmesh", "ebmesh.__main__", "ebmesh.cli"}

@@ -839,3 +839,45 @@ def test_rule_text_is_the_text_of_its_line():
     (only,) = lower_to_ir(load(text)).rules
     assert only.origin.line == 3
     assert only.origin.text.strip() == "allow any -> 10.0.0.0/8 port 80"
+
+
+# ---- the pairs mTLS needs -----------------------------------------------------------
+
+MTLS = """
+mesh m {
+    workload web   { cgroup "web" }
+    workload api   { cgroup "api" address 10.0.0.2 }
+    workload db    { cgroup "db" mtls required }
+    workload batch { address 10.0.0.9 }
+    workload other { cgroup "other" }
+    allow web -> api port 8080/tcp mtls
+    allow 10.0.0.0/24 -> db
+    allow any -> other
+    deny web -> db
+}
+"""
+
+
+def names_of_pairs(text: str) -> set[tuple[str, str]]:
+    tables = lower(lower_to_ir(load(text)))[1]
+    name = {w.identity: w.name for w in tables.workloads}
+    return {(name[s], name[d]) for s, d in tables.auth_pairs}
+
+
+def test_the_pairs_are_those_of_mtls_rules_and_into_mtls_required():
+    """An mtls rule's pairs; into db (mtls required) whoever an allow rule lets in there,
+    a workload on another host too (batch, by its address); `any -> other` needs no mTLS;
+    a deny rule makes no pair."""
+    assert names_of_pairs(MTLS) == {("web", "api"), ("api", "db"), ("batch", "db")}
+
+
+def test_default_allow_needs_every_pair_into_mtls_required():
+    pairs = names_of_pairs(MTLS.replace("mesh m {", "mesh m {\n    default allow"))
+    into_db = {s for s, d in pairs if d == "db"}
+    assert into_db == {"web", "api", "db", "batch", "other"}
+    assert ("web", "api") in pairs and not any(d == "other" for _, d in pairs)
+
+
+def test_a_policy_without_mtls_needs_no_pair():
+    plain = MTLS.replace(" mtls required", "").replace(" mtls\n", "\n")
+    assert names_of_pairs(plain) == set()
