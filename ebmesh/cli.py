@@ -129,7 +129,7 @@ def cmd_apply(args) -> int:
                 seen, stop["reload"] = path.stat().st_mtime_ns, False
                 try:
                     edited = _compile(path)
-                    attachment, what = bring_up_to_date(attachment, compiled, edited)
+                    what = bring_up_to_date(attachment, compiled, edited)
                 except PolicyError as error:
                     print(
                         f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",

@@ -11,6 +11,8 @@ should that refusal ever break.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import queue
 import re
 import signal
@@ -26,6 +28,7 @@ from elftools.elf.elffile import ELFFile
 from ebmesh.cli import UsageError, parse_destination
 from ebmesh.loader import AttachType, query_cgroup
 from ebmesh.loader.inspect import inspect_object
+from ebmesh.toolchain.vmlinux import find_bpftool
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop.mesh"
@@ -44,6 +47,15 @@ ATTACH_TYPES = (
     AttachType.CGROUP_INET6_CONNECT,
     AttachType.CGROUP_UDP4_SENDMSG,
     AttachType.CGROUP_UDP6_SENDMSG,
+)
+# Every hook an attachment may use (ebmesh.datapath.programs.HOOK_PROGRAMS).
+EVERY_HOOK = (
+    *ATTACH_TYPES,
+    AttachType.CGROUP_INET_EGRESS,
+    AttachType.CGROUP_UDP4_RECVMSG,
+    AttachType.CGROUP_UDP6_RECVMSG,
+    AttachType.CGROUP_INET4_GETPEERNAME,
+    AttachType.CGROUP_INET6_GETPEERNAME,
 )
 PROGRAMS = (
     "ebmesh_connect4",
@@ -361,9 +373,10 @@ class Lines:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, predicate, timeout: float) -> str:
+    def wait_for(self, predicate, timeout: float, *, after: int = 0) -> str:
+        """The first line from the `after`-th on that satisfies `predicate`."""
         deadline = time.monotonic() + timeout
-        for line in self.seen:
+        for line in self.seen[after:]:
             if predicate(line):
                 return line
         while True:
@@ -390,7 +403,57 @@ class Lines:
 
 
 def attached_programs(cgroup) -> dict:
-    return {attach_type.name: query_cgroup(cgroup, attach_type) for attach_type in ATTACH_TYPES}
+    """{hook: program ids} for every hook an attachment may use."""
+    return {attach_type.name: query_cgroup(cgroup, attach_type) for attach_type in EVERY_HOOK}
+
+
+def cgroup_links(cgroup) -> list[tuple[str, int]]:
+    """(attach type, link id) of every BPF link on `cgroup`, as `bpftool link show` lists them."""
+    listing = subprocess.run(
+        [str(find_bpftool()), "-j", "link", "show"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    inode = os.stat(cgroup).st_ino  # a cgroup's id
+    return sorted(
+        (link["attach_type"], link["id"])
+        for link in json.loads(listing.stdout)
+        if link.get("cgroup_id") == inode
+    )
+
+
+def start_apply(policy: Path, cgroup: Path, *options: str) -> subprocess.Popen:
+    """`ebmesh apply POLICY --cgroup CGROUP OPTIONS...`, its output in pipes."""
+    return subprocess.Popen(
+        [*LAUNCHERS["python -m ebmesh"], "apply", str(policy), "--cgroup", str(cgroup), *options],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+class MostProgramsSeen:
+    """A thread that keeps querying the cgroup's hooks, remembering the most
+    programs it ever saw on one: more than one is two policies stacked."""
+
+    def __init__(self, cgroup: Path):
+        self.most, self._cgroup, self._stop = 0, cgroup, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            counts = [len(ids) for ids in attached_programs(self._cgroup).values()]
+            self.most = max(self.most, *counts)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.most
 
 
 @pytest.mark.kernel
@@ -423,7 +486,8 @@ def test_apply_prints_verdicts_and_detaches_on_a_signal(
         out, err = Lines(process.stdout), Lines(process.stderr)
         started = err.wait_for(lambda line: "attached to" in line, timeout=60)
         assert str(root) in started and "Ctrl-C detaches" in started
-        assert all(attached_programs(root).values()), "apply said attached, the kernel disagrees"
+        attached = attached_programs(root)
+        assert all(attached[hook.name] for hook in ATTACH_TYPES), "apply said attached, it is not"
 
         assert client.connect(SERVER, 8080, source=CLIENT)["ok"]
         denied = client.connect(SERVER, 9090, source=CLIENT)
@@ -617,3 +681,52 @@ def test_apply_without_root_says_so(root, cgroup):
         assert result.returncode == 2, result
         assert "needs root" in result.stderr and "sudo" in result.stderr
     assert attached_programs(cgroup) == {name: [] for name in attached_programs(cgroup)}
+
+
+@pytest.mark.kernel
+def test_apply_reloads_an_edited_policy_in_place_never_stacked(cgroup_tree, spawn, tmp_path):
+    """Each edit that changes the rules swaps every hook's program on the links
+    `apply` made at the start (BPF_LINK_UPDATE): the links stay, the programs
+    change, and no hook ever carries two programs, not even for a moment."""
+    root = cgroup_tree("client", "server")
+    server, client = spawn(root / "server", name="server"), spawn(root / "client", name="client")
+    server.listen("tcp", "127.0.2.1", 8080)
+    policy = tmp_path / "live.mesh"
+    policy.write_text(SERVICE_POLICY)
+    process, watcher = start_apply(policy, root, "--events", "none"), None
+    try:
+        err = Lines(process.stderr)
+        Lines(process.stdout)
+        err.wait_for(lambda line: "attached to" in line, timeout=60)
+        links = cgroup_links(root)
+        kinds = [kind for kind, _ in links]
+        assert len(set(kinds)) == len(kinds) and "cgroup_inet4_connect" in kinds, links
+        programs = {hook: ids for hook, ids in attached_programs(root).items() if ids}
+        assert len(programs) == len(links), (programs, links)
+        watcher = MostProgramsSeen(root)
+        for edit in range(6):
+            seen = len(err.seen)
+            policy.write_text(
+                SERVICE_POLICY.replace(
+                    "allow client -> web",
+                    f"allow client -> web\n    deny client -> 127.0.9.9 port {1000 + edit}",
+                )
+            )
+            err.wait_for(lambda line: "policy replaced" in line, timeout=30, after=seen)
+            now = {hook: ids for hook, ids in attached_programs(root).items() if ids}
+            assert now.keys() == programs.keys(), (programs, now)
+            assert all(len(ids) == 1 for ids in now.values()), now
+            assert all(now[hook] != programs[hook] for hook in now), (programs, now)
+            assert cgroup_links(root) == links, "the same links, carrying the new programs"
+            assert client.connect("127.0.96.10", 80, source=CLIENT)["ok"]
+            programs = now
+        assert watcher.stop() == 1
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, err.rest()
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert attached_programs(root) == {name: [] for name in attached_programs(root)}
