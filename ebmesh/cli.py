@@ -93,13 +93,18 @@ def _print_counters(attachment) -> None:
         print(f"  {service}: {spread or 'no backends'}", file=sys.stderr)
 
 
+def _say(message: str) -> None:
+    print(f"ebmesh: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_apply(args) -> int:
     _require_root("ebmesh apply")
+    from ebmesh.cli_input import FileChange, FileWatch
     from ebmesh.live import bring_up_to_date
 
     path = _policy_path(args.file)
+    watch = FileWatch(path)
     compiled = _compile(path)
-    seen = path.stat().st_mtime_ns
     stop = {"requested": False, "reload": False}
 
     def request_stop(signum, frame):
@@ -115,38 +120,43 @@ def cmd_apply(args) -> int:
         for sig, handler in ((signal.SIGTERM, request_stop), (signal.SIGHUP, request_reload))
     }
     try:
-        print(
-            f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches, "
-            "editing the file (or SIGHUP) applies it",
-            file=sys.stderr,
-            flush=True,
+        _say(
+            f"{args.file} attached to {attachment.cgroup}; Ctrl-C detaches, "
+            "editing the file (or SIGHUP) applies it"
         )
         while not stop["requested"]:
             for event in attachment.poll_events(0.2):
                 print(event, flush=True)
-            changed = args.watch and path.stat().st_mtime_ns != seen
-            if changed or stop["reload"]:
-                seen, stop["reload"] = path.stat().st_mtime_ns, False
-                try:
-                    edited = _compile(path)
-                    what = bring_up_to_date(attachment, compiled, edited)
-                except PolicyError as error:
-                    print(
-                        f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    continue
-                except EbmeshError as error:  # e.g. a new workload's cgroup does not exist yet
-                    print(
-                        f"ebmesh: {error}\nebmesh: {args.file} cannot be applied; the running policy stays",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    continue
-                compiled = edited
-                print(f"ebmesh: {args.file} changed: {what}", file=sys.stderr, flush=True)
-                _print_counters(attachment)
+            change = watch.poll() if args.watch else None
+            if change is FileChange.GONE:
+                _say(
+                    f"{args.file} is gone (deleted, or being replaced); the running policy "
+                    "stays, and the file is applied when it comes back"
+                )
+                continue
+            if change is FileChange.BACK:
+                _say(f"{args.file} is back")
+            if not (change or stop["reload"]):
+                continue
+            stop["reload"] = False
+            if not watch.present:
+                _say(f"{args.file} is missing; the running policy stays")
+                continue
+            try:
+                edited = _compile(path)
+                what = bring_up_to_date(attachment, compiled, edited)
+            except PolicyError as error:
+                if not watch.present:
+                    continue  # it went while being read: the next poll says so
+                print(error.render(), file=sys.stderr)
+                _say(f"{args.file} has errors; the running policy stays")
+                continue
+            except EbmeshError as error:  # e.g. a new workload's cgroup does not exist yet
+                _say(f"{error}\nebmesh: {args.file} cannot be applied; the running policy stays")
+                continue
+            compiled = edited
+            _say(f"{args.file} changed: {what}")
+            _print_counters(attachment)
     except KeyboardInterrupt:
         pass
     finally:

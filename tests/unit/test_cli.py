@@ -730,3 +730,61 @@ def test_apply_reloads_an_edited_policy_in_place_never_stacked(cgroup_tree, spaw
             process.kill()
             process.wait()
     assert attached_programs(root) == {name: [] for name in attached_programs(root)}
+
+
+def replace_by_rename(path: Path, text: str) -> None:
+    """Save as editors do: write a new file beside it, then rename it over the path."""
+    fresh = path.with_name(f".{path.name}.new")
+    fresh.write_text(text)
+    os.replace(fresh, path)
+
+
+@pytest.mark.kernel
+def test_apply_waits_out_a_vanished_file_and_applies_it_when_it_is_back(
+    cgroup_tree, spawn, tmp_path
+):
+    root = cgroup_tree("client", "server")
+    server, client = spawn(root / "server", name="server"), spawn(root / "client", name="client")
+    server.listen("tcp", SERVER, 8080)
+    server.listen("tcp", SERVER, 9090)
+    policy = tmp_path / "loop.mesh"
+    policy.write_text(LOOPBACK_POLICY)
+    process = start_apply(policy, root, "--events", "none")
+    try:
+        err = Lines(process.stderr)
+        Lines(process.stdout)
+        err.wait_for(lambda line: "attached to" in line, timeout=60)
+
+        policy.unlink()
+        err.wait_for(lambda line: f"{policy} is gone" in line, timeout=10)
+        time.sleep(1.0)  # several rounds of watching with no file
+        assert process.poll() is None, err.rest()
+        assert client.connect(SERVER, 8080, source=CLIENT)["ok"]
+        assert client.connect(SERVER, 9090, source=CLIENT)["errno"] == errno.EPERM
+
+        seen = len(err.seen)
+        process.send_signal(signal.SIGHUP)
+        err.wait_for(lambda line: f"{policy} is missing" in line, timeout=10, after=seen)
+        assert process.poll() is None
+
+        seen = len(err.seen)
+        replace_by_rename(policy, LOOPBACK_POLICY.replace("port 8080/tcp", "port 8080, 9090/tcp"))
+        err.wait_for(lambda line: f"{policy} is back" in line, timeout=10, after=seen)
+        err.wait_for(lambda line: "policy replaced" in line, timeout=30, after=seen)
+        assert client.connect(SERVER, 9090, source=CLIENT)["ok"]
+
+        # Deleted and renamed in within one round of watching: a new file, applied.
+        seen = len(err.seen)
+        policy.unlink()
+        replace_by_rename(policy, LOOPBACK_POLICY)
+        err.wait_for(lambda line: "policy replaced" in line, timeout=30, after=seen)
+        assert client.connect(SERVER, 9090, source=CLIENT)["errno"] == errno.EPERM
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, err.rest()
+        assert not any("Traceback" in line for line in err.rest())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert attached_programs(root) == {name: [] for name in attached_programs(root)}
