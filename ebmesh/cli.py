@@ -59,8 +59,39 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
+def _refuse_writing_over_the_input(args, policy: Path, output: Path) -> None:
+    """Every output is checked before anything is compiled or written."""
+    from ebmesh.cli_output import same_file
+    from ebmesh.compiler import GENERATED_HEADER, MAIN_SOURCE
+
+    identity = os.stat(policy)
+    if same_file(output, identity):
+        given = (
+            f"-o {args.output}" if args.output else f"the default output {output} (FILE with .o)"
+        )
+        raise UsageError(f"{given} is the policy file itself; write the object elsewhere with -o")
+    if args.emit_c in (None, "-"):
+        return
+    for name in (GENERATED_HEADER, MAIN_SOURCE):
+        generated = Path(args.emit_c) / name
+        if same_file(generated, identity):
+            raise UsageError(
+                f"--emit-c {args.emit_c} would write {generated} over the policy file; "
+                "give another directory"
+            )
+        if os.path.realpath(generated) == os.path.realpath(output):
+            raise UsageError(
+                f"-o {args.output} and --emit-c {args.emit_c} would both write {generated}"
+            )
+
+
 def cmd_compile(args) -> int:
-    compiled = _compile(_policy_path(args.file))
+    from ebmesh.cli_output import write_output
+
+    policy = _policy_path(args.file)
+    output = Path(args.output) if args.output else policy.with_suffix(".o")
+    _refuse_writing_over_the_input(args, policy, output)
+    compiled = _compile(policy)
     if args.emit_c is not None:
         if args.emit_c == "-":
             sys.stdout.write(compiled.generated_header)
@@ -68,10 +99,9 @@ def cmd_compile(args) -> int:
             directory = Path(args.emit_c)
             directory.mkdir(parents=True, exist_ok=True)
             for name, text in compiled.sources.items():
-                (directory / name).write_text(text)
+                write_output(directory / name, text.encode())
             print(f"wrote {', '.join(sorted(compiled.sources))} to {directory}", file=sys.stderr)
-    output = Path(args.output) if args.output else Path(args.file).with_suffix(".o")
-    output.write_bytes(compiled.object_bytes)
+    write_output(output, compiled.object_bytes)
     print(
         f"{args.file}: compiled to {output} ({len(compiled.object_bytes)} bytes, "
         f"{'cached' if compiled.build.cache_hit else 'built'}; "

@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -248,6 +249,119 @@ def test_compile_a_broken_policy_writes_nothing(ebmesh_cmd, tmp_path):
     assert result.returncode == 1
     assert f"{policy}:3:11:" in result.stderr
     assert not (tmp_path / "x.o").exists() and not (tmp_path / "c").exists()
+
+
+def test_compile_refuses_to_write_over_its_input(ebmesh_cmd, tmp_path):
+    """`compile pol.o` (FILE.o is FILE), `-o` naming the input by any path (itself,
+    a symlink, a hard link), and `--emit-c DIR` holding the input are usage
+    errors, refused before anything is written."""
+    text = SHOP.read_text()
+    named_o = tmp_path / "pol.o"
+    named_o.write_text(text)
+    policy = tmp_path / "pol.mesh"
+    policy.write_text(text)
+    (tmp_path / "link.mesh").symlink_to(policy)
+    os.link(policy, tmp_path / "hard.mesh")
+    generated = tmp_path / "gen"
+    generated.mkdir()
+    os.link(policy, generated / "policy.h")
+    cases = {
+        "FILE.o is FILE": (named_o,),
+        "-o FILE": (policy, "-o", policy),
+        "-o a symlink to FILE": (policy, "-o", tmp_path / "link.mesh"),
+        "-o a hard link of FILE": (policy, "-o", tmp_path / "hard.mesh"),
+        "FILE through a symlink": (tmp_path / "link.mesh", "-o", policy),
+        "--emit-c DIR holding FILE": (
+            generated / "policy.h",
+            "-o",
+            tmp_path / "x.o",
+            "--emit-c",
+            generated,
+        ),
+        "-o into --emit-c's files": (
+            policy,
+            "-o",
+            tmp_path / "c" / "policy.h",
+            "--emit-c",
+            tmp_path / "c",
+        ),
+    }
+    for case, arguments in cases.items():
+        result = ebmesh_cmd("compile", *arguments)
+        assert result.returncode == 2, (case, result)
+        assert result.stderr.startswith("ebmesh: ") and "Traceback" not in result.stderr, case
+        assert "policy file itself" in result.stderr or "would" in result.stderr, (
+            case,
+            result.stderr,
+        )
+        assert named_o.read_text() == policy.read_text() == text, case
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gen",
+        "hard.mesh",
+        "link.mesh",
+        "pol.mesh",
+        "pol.o",
+    ]
+    assert [p.name for p in generated.iterdir()] == ["policy.h"]
+
+
+def test_compile_replaces_its_outputs_atomically(tmp_path):
+    """An output is renamed into place whole: a reader of the old file keeps the
+    old bytes, the path holds the new ones, no temporary file stays behind, and
+    the file keeps its mode (a new one gets the umask's)."""
+    output, generated = tmp_path / "shop.o", tmp_path / "c"
+    generated.mkdir()
+    output.write_bytes(b"the previous object")
+    output.chmod(0o640)
+    (generated / "policy.h").write_text("/* the previous header */")
+    with output.open("rb") as old_reader:
+        result = run_ebmesh("compile", SHOP, "-o", output, "--emit-c", generated)
+        assert result.returncode == 0, result.stderr
+        assert old_reader.read() == b"the previous object"
+    assert output.read_bytes()[:4] == b"\x7fELF"
+    assert output.stat().st_mode & 0o777 == 0o640
+    assert "POLICY_RULE_COUNT" in (generated / "policy.h").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "shop.o"]
+    assert sorted(p.name for p in generated.iterdir()) == ["ebmesh.bpf.c", "policy.h"]
+
+    fresh = tmp_path / "fresh.o"
+    result = run_ebmesh("compile", SHOP, "-o", fresh, preexec_fn=lambda: os.umask(0o027))
+    assert result.returncode == 0, result.stderr
+    assert fresh.stat().st_mode & 0o777 == 0o640
+
+
+def test_compile_writes_into_a_fifo_and_through_a_symlink(tmp_path):
+    """What is not a regular file is written into, not replaced: a FIFO stays a
+    FIFO (so would /dev/null); a symlink stays, and what it names is replaced."""
+    fifo = tmp_path / "object.fifo"
+    os.mkfifo(fifo)
+    received = {}
+    reader = threading.Thread(target=lambda: received.update(data=fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run_ebmesh("compile", SHOP, "-o", fifo)
+    reader.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert received["data"][:4] == b"\x7fELF"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    (tmp_path / "objects").mkdir()
+    target = tmp_path / "objects" / "shop.o"
+    target.write_bytes(b"old")
+    link = tmp_path / "shop.o"
+    link.symlink_to(target)
+    result = run_ebmesh("compile", SHOP, "-o", link)
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and target.read_bytes() == received["data"]
+
+
+def test_compile_cannot_write_there(tmp_path):
+    for output, message in (
+        (tmp_path / "missing" / "shop.o", f"there is no directory {tmp_path / 'missing'}"),
+        (tmp_path, "it is a directory"),
+    ):
+        result = run_ebmesh("compile", SHOP, "-o", output)
+        assert result.returncode == 2, result
+        assert result.stderr == f"ebmesh: cannot write {output}: {message}\n"
 
 
 # ---- usage -------------------------------------------------------------------
