@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -106,13 +107,14 @@ def run_ebmesh(*arguments, launcher="python -m ebmesh", timeout=120, **options):
     """`ebmesh ARGS...` in a process of its own; the CompletedProcess."""
     if launcher == "console script" and not CONSOLE_SCRIPT.exists():
         pytest.fail(f"no console script at {CONSOLE_SCRIPT}: run `pip install -e .` (make setup)")
+    if "input" not in options:
+        options["stdin"] = subprocess.DEVNULL
     return subprocess.run(
         [*LAUNCHERS[launcher], *map(str, arguments)],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
         **options,
     )
 
@@ -144,9 +146,29 @@ mesh t {
 def test_check_ok(ebmesh_cmd):
     result = ebmesh_cmd("check", "examples/shop.mesh")
     assert result.returncode == 0, result.stderr
-    assert "examples/shop.mesh: ok" in result.stdout
-    assert "3 workloads" in result.stdout and "7 rules" in result.stdout
+    assert result.stdout == "examples/shop.mesh: ok (mesh shop: 3 workloads, 1 service, 7 rules)\n"
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "body, counted",
+    [
+        ("", "0 workloads, 0 services, 0 rules"),
+        ('workload a { cgroup "a" }\n allow a -> any', "1 workload, 0 services, 1 rule"),
+        (
+            'workload a { cgroup "a" }\n workload b { cgroup "b" }\n'
+            " service s 10.96.0.1:80/tcp { backend 10.0.0.1:80 }\n"
+            " service t 10.96.0.2:80/tcp { backend 10.0.0.1:80 }\n allow a -> s\n allow b -> t",
+            "2 workloads, 2 services, 2 rules",
+        ),
+    ],
+)
+def test_check_counts_in_words_that_agree(tmp_path, body, counted):
+    policy = tmp_path / "p.mesh"
+    policy.write_text(f"mesh m {{\n {body}\n}}\n")
+    result = run_ebmesh("check", policy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{policy}: ok (mesh m: {counted})\n"
 
 
 def test_check_broken_reports_every_error_where_it_is(ebmesh_cmd, tmp_path):
@@ -179,15 +201,103 @@ def test_check_and_compile_agree_on_what_cannot_be_enforced(tmp_path):
 
 
 def test_check_missing_file(ebmesh_cmd, tmp_path):
-    result = ebmesh_cmd("check", tmp_path / "nowhere.mesh")
+    missing = tmp_path / "nowhere.mesh"
+    result = ebmesh_cmd("check", missing)
     assert result.returncode == 2
-    assert "no policy file at" in result.stderr and "nowhere.mesh" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr == f"ebmesh: no policy file at {missing}\n"
 
 
 def test_check_a_directory_is_not_a_policy(ebmesh_cmd, tmp_path):
     result = ebmesh_cmd("check", tmp_path)
-    assert result.returncode == 2 and "no policy file" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == f"ebmesh: no policy file at {tmp_path}: it is a directory\n"
+
+
+def test_a_policy_that_is_not_utf8_is_a_policy_error(tmp_path):
+    policy = tmp_path / "latin1.mesh"
+    policy.write_bytes(b"mesh m {\n  # caf\xe9\n}\n")
+    result = run_ebmesh("check", policy)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{policy}:2: the policy is not valid UTF-8")
+
+
+AS_NOBODY = """
+import os, sys
+from ebmesh import cli, cli_input, language
+from ebmesh.language import loading
+cli.build_parser().parse_args(sys.argv[1:])  # argparse's lazy imports, while root can read them
+os.setgroups([]); os.setegid(65534); os.seteuid(65534)  # nobody from here on
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_policy_file_that_cannot_be_read_is_a_usage_error(root, tmp_path):
+    """Like a missing one (exit 2), naming the file and why; as `nobody`, since
+    root reads any file."""
+    with tempfile.TemporaryDirectory(prefix="ebmesh-test-") as shared:
+        os.chmod(shared, 0o755)
+        secret = Path(shared) / "secret.mesh"
+        secret.write_text(SHOP.read_text())
+        secret.chmod(0o600)
+        for command in (["check", secret], ["compile", secret, "-o", Path(shared) / "x.o"]):
+            result = subprocess.run(
+                [sys.executable, "-c", AS_NOBODY, *map(str, command)],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                timeout=60,
+            )
+            assert result.returncode == 2, result
+            assert result.stderr == (
+                f"ebmesh: cannot read the policy file {secret}: Permission denied\n"
+            )
+            assert not (Path(shared) / "x.o").exists()
+
+
+def test_the_policy_from_stdin(ebmesh_cmd, tmp_path):
+    """`-` reads the policy from stdin, named <stdin> in what is printed."""
+    result = ebmesh_cmd("check", "-", input=SHOP.read_text())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "<stdin>: ok (mesh shop: 3 workloads, 1 service, 7 rules)\n"
+    result = ebmesh_cmd("check", "-", input=BROKEN)
+    assert result.returncode == 1
+    assert "<stdin>:3:11: unknown name 'frontnd'" in result.stderr
+
+    result = ebmesh_cmd("compile", "-", input=SHOP.read_text())
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ebmesh: the policy comes from stdin (-): name the object to write with -o\n"
+    )
+    output = tmp_path / "shop.o"
+    result = ebmesh_cmd("compile", "-", "-o", output, input=SHOP.read_text())
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"<stdin>: compiled to {output} (")
+    assert output.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_fifo_is_read_as_a_file(tmp_path):
+    fifo = tmp_path / "policy.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(SHOP.read_text()), daemon=True)
+    writer.start()
+    result = run_ebmesh("check", fifo)
+    writer.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{fifo}: ok (mesh shop: 3 workloads, 1 service, 7 rules)\n"
+
+
+def test_a_cr_only_file_reads_as_the_same_policy_with_the_same_positions(tmp_path):
+    policy = tmp_path / "mac.mesh"
+    policy.write_bytes(SHOP.read_bytes().replace(b"\n", b"\r"))
+    result = run_ebmesh("check", policy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{policy}: ok (mesh shop: 3 workloads, 1 service, 7 rules)\n"
+    policy.write_bytes(BROKEN.encode().replace(b"\n", b"\r"))
+    result = run_ebmesh("check", policy)
+    assert result.returncode == 1
+    assert f"{policy}:3:11: unknown name 'frontnd'" in result.stderr
+    assert f"{policy}:4:" in result.stderr
+    assert "\n    " + BROKEN.split("\n")[2] + "\n" in result.stderr  # the line, shown whole
 
 
 # ---- compile -----------------------------------------------------------------
@@ -354,6 +464,15 @@ def test_compile_writes_into_a_fifo_and_through_a_symlink(tmp_path):
     assert link.is_symlink() and target.read_bytes() == received["data"]
 
 
+@pytest.mark.parametrize("directory", ["/etc/passwd", "/etc/passwd/generated"])
+def test_emit_c_into_a_file_is_not_a_directory(tmp_path, directory):
+    output = tmp_path / "shop.o"
+    result = run_ebmesh("compile", SHOP, "-o", output, "--emit-c", directory)
+    assert result.returncode == 2
+    assert result.stderr == f"ebmesh: --emit-c {directory}: /etc/passwd is not a directory\n"
+    assert not output.exists()
+
+
 def test_compile_cannot_write_there(tmp_path):
     for output, message in (
         (tmp_path / "missing" / "shop.o", f"there is no directory {tmp_path / 'missing'}"),
@@ -368,25 +487,77 @@ def test_compile_cannot_write_there(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arguments",
+    "arguments, usage",
     [
-        [],
-        ["frobnicate"],
-        ["check"],
-        ["check", "examples/shop.mesh", "extra"],
-        ["compile"],
-        ["compile", "examples/shop.mesh", "--bogus"],
-        ["apply", "examples/shop.mesh"],  # no --cgroup
-        ["apply", "examples/shop.mesh", "--cgroup", "x", "--events", "loud"],
-        ["explain", "examples/shop.mesh", "--to", "10.0.0.1:80"],  # no --from
+        ([], "ebmesh [-h]"),
+        (["frobnicate"], "ebmesh [-h]"),
+        (["--bogus", "check", "examples/shop.mesh"], "ebmesh [-h]"),
+        (["check"], "ebmesh check"),
+        (["check", "examples/shop.mesh", "extra"], "ebmesh check"),
+        (["compile"], "ebmesh compile"),
+        (["compile", "examples/shop.mesh", "--bogus"], "ebmesh compile"),
+        (["apply", "examples/shop.mesh"], "ebmesh apply"),  # no --cgroup
+        (["apply", "examples/shop.mesh", "--cgroup", "x", "--events", "loud"], "ebmesh apply"),
+        (["apply", "examples/shop.mesh", "--cgroup", "x", "--pinned"], "ebmesh apply"),
+        (["explain", "examples/shop.mesh", "--to", "10.0.0.1:80"], "ebmesh explain"),  # no --from
+        (["explain", "examples/shop.mesh", "--from", "a", "--to", "b", "-x"], "ebmesh explain"),
     ],
-    ids=lambda a: " ".join(a) or "nothing",
+    ids=lambda a: " ".join(a) if isinstance(a, list) else "",
 )
-def test_usage_errors_exit_2(ebmesh_cmd, arguments):
+def test_usage_errors_exit_2_with_the_usage_of_the_command(ebmesh_cmd, arguments, usage):
     result = ebmesh_cmd(*arguments)
     assert result.returncode == 2, result
-    assert "usage: ebmesh" in result.stderr
+    assert result.stderr.startswith(f"usage: {usage}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def run_into_a_closed_pipe(*arguments) -> subprocess.CompletedProcess:
+    """`ebmesh ARGS...` writing into a pipe whose reader has already gone."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [*LAUNCHERS["python -m ebmesh"], *map(str, arguments)],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["check", SHOP], ["compile", SHOP, "--emit-c"], ["compile", SHOP, "--inspect"]],
+    ids=["check", "compile --emit-c", "compile --inspect"],
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, arguments):
+    """As `cat` killed by SIGPIPE: exit 141 and not a word about it; what goes to
+    files is written before anything goes to stdout."""
+    output = tmp_path / "shop.o"
+    extra = ["-o", output] if arguments[0] == "compile" else []
+    result = run_into_a_closed_pipe(*arguments, *extra)
+    assert result.returncode == 128 + signal.SIGPIPE, result
+    for noise in ("Broken pipe", "BrokenPipeError", "Traceback", "Exception ignored"):
+        assert noise not in result.stderr, result.stderr
+    if extra:
+        assert output.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_piping_into_head(tmp_path):
+    script = (
+        f"set -o pipefail; {sys.executable} -m ebmesh compile {SHOP} -o {tmp_path / 'shop.o'}"
+        " --inspect | head -1"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert result.stdout.startswith("eBPF object: ")
+    assert result.returncode in (0, 128 + signal.SIGPIPE)  # 0 if head read it all in time
+    assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_exits_0(ebmesh_cmd):
@@ -453,6 +624,34 @@ def test_explain_the_default(root):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("DENY api -> 10.0.4.1:5432/tcp, decided by the default (deny)")
+
+
+@pytest.mark.kernel
+def test_explain_names_a_source_of_no_workload_by_its_address(root):
+    result = run_ebmesh("explain", SHOP, "--from", "10.9.9.9", "--to", "10.0.2.10:8080/tcp")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DENY 10.9.9.9 -> api:8080/tcp, decided by the default")
+    result = run_ebmesh("explain", SHOP, "--from", "-", "--to", "10.53.0.1:53/udp")
+    assert result.stdout.startswith("ALLOW - -> 10.53.0.1:53/udp, decided by rule 4")
+
+
+@pytest.mark.kernel
+def test_explain_reads_the_policy_from_stdin(root):
+    result = run_ebmesh(
+        "explain", "-", "--from", "frontend", "--to", "api-svc", input=SHOP.read_text()
+    )
+    assert result.returncode == 0, result.stderr
+    line = line_of(SHOP, "allow frontend -> api-svc")
+    assert result.stdout.startswith(
+        f"ALLOW frontend -> api-svc:80/tcp, decided by rule 1 at <stdin>:{line}:"
+    )
+
+
+@pytest.mark.kernel
+def test_explain_into_a_closed_pipe_is_quiet(root):
+    result = run_into_a_closed_pipe("explain", SHOP, "--from", "api", "--to", "api-svc")
+    assert result.returncode == 128 + signal.SIGPIPE, result
+    assert result.stderr == ""
 
 
 @pytest.mark.kernel
@@ -737,6 +936,8 @@ def test_apply_refuses_the_root_cgroup(root, cgroup, ebmesh_cmd, tmp_path):
         result = ebmesh_cmd("apply", policy, "--cgroup", spelling, timeout=60)
         assert result.returncode == 2, (spelling, result)
         assert "refusing to attach to the root cgroup" in result.stderr, (spelling, result.stderr)
+        assert "pass --force if you really mean it" in result.stderr
+        assert "force=True" not in result.stderr
         assert "attached to" not in result.stderr
         assert attached_programs(mount) == before
 
@@ -897,6 +1098,39 @@ def test_apply_waits_out_a_vanished_file_and_applies_it_when_it_is_back(
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0, err.rest()
         assert not any("Traceback" in line for line in err.rest())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert attached_programs(root) == {name: [] for name in attached_programs(root)}
+
+
+@pytest.mark.kernel
+def test_apply_a_policy_from_stdin_reads_it_once(cgroup_tree, spawn):
+    root = cgroup_tree("client", "server")
+    server, client = spawn(root / "server", name="server"), spawn(root / "client", name="client")
+    server.listen("tcp", SERVER, 9090)
+    process = subprocess.Popen(
+        [*LAUNCHERS["python -m ebmesh"], "apply", "-", "--cgroup", str(root), "--events", "none"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        process.stdin.write(LOOPBACK_POLICY)
+        process.stdin.close()
+        err = Lines(process.stderr)
+        Lines(process.stdout)
+        started = err.wait_for(lambda line: "attached to" in line, timeout=60)
+        assert started.startswith("ebmesh: <stdin> attached to") and "SIGHUP" not in started
+        assert client.connect(SERVER, 9090, source=CLIENT)["errno"] == errno.EPERM
+        process.send_signal(signal.SIGHUP)
+        err.wait_for(lambda line: "<stdin> cannot be read again" in line, timeout=10)
+        assert client.connect(SERVER, 9090, source=CLIENT)["errno"] == errno.EPERM
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0, err.rest()
     finally:
         if process.poll() is None:
             process.kill()
