@@ -21,11 +21,13 @@ from ebmesh.errors import (
 __version__ = "0.1.0"
 
 
-def compile(policy):  # noqa: A001 - the API's name
-    """Compile a policy (text, a pathlib.Path, or a parsed PolicyFile) to a CompiledPolicy."""
+def compile(policy, *, filename="<policy>"):  # noqa: A001 - the API's name
+    """Compile a policy (text, a pathlib.Path, or a parsed PolicyFile) to a CompiledPolicy.
+
+    `filename` names policy text in diagnostics."""
     from ebmesh.compiler import compile as _compile
 
-    return _compile(policy)
+    return _compile(policy, filename=filename)
 
 
 def __getattr__(name):

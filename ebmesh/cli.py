@@ -1,7 +1,9 @@
 """The `ebmesh` command: check, compile, apply and explain policies.
 
 Exit codes: 0 ok, 1 the policy has errors, 2 usage or environment errors
-(no clang, not root, no BTF, a kernel refusal), each with what to do.
+(no clang, not root, no BTF, a kernel refusal, a policy file that cannot be
+read), each with what to do; 141 (128 + SIGPIPE), quietly, when the reader of
+its output went away.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from ebmesh.cli_input import STDIN, FileChange, FileWatch, read_policy
+from ebmesh.cli_output import OutputError, same_file, write_output
 from ebmesh.errors import EbmeshError, EnvironmentProblem, PolicyError
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what a shell reports for `cat` killed by SIGPIPE
 
 
 class UsageError(EbmeshError):
@@ -34,50 +39,97 @@ def _require_root(action: str) -> None:
         )
 
 
-def _policy_path(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise UsageError(f"no policy file at {text}")
-    return path
+def plural(count: int, noun: str) -> str:
+    """`1 service`, `2 services`, `0 services`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _compile(path: Path):
+def _compile(policy):
+    """The compiled policy of a `cli_input.PolicyInput`."""
     import ebmesh
+    from ebmesh.language.loading import decode
 
-    return ebmesh.compile(path)
+    return ebmesh.compile(decode(policy.data, policy.name), filename=policy.name)
 
 
 def cmd_check(args) -> int:
     from ebmesh import language
+    from ebmesh.language.loading import decode
 
-    tree = language.load(_policy_path(args.file))
-    mesh = tree.mesh
+    policy = read_policy(args.file)
+    mesh = language.load(decode(policy.data, policy.name), filename=policy.name).mesh
     print(
-        f"{args.file}: ok (mesh {mesh.name.value}: {len(mesh.workloads)} workloads, "
-        f"{len(mesh.services)} services, {len(mesh.rules)} rules)"
+        f"{policy.name}: ok (mesh {mesh.name.value}: {plural(len(mesh.workloads), 'workload')}, "
+        f"{plural(len(mesh.services), 'service')}, {plural(len(mesh.rules), 'rule')})"
     )
     return EXIT_OK
 
 
+def _object_path(args) -> Path:
+    if args.output:
+        return Path(args.output)
+    if args.file == STDIN:
+        raise UsageError("the policy comes from stdin (-): name the object to write with -o")
+    return Path(args.file).with_suffix(".o")
+
+
+def _check_outputs(args, identity, output: Path) -> None:
+    """Every output is checked before anything is compiled or written: none may
+    be the input, nor two the same file, and --emit-c must name a directory."""
+    from ebmesh.compiler import GENERATED_HEADER, MAIN_SOURCE
+
+    if same_file(output, identity):
+        given = (
+            f"-o {args.output}" if args.output else f"the default output {output} (FILE with .o)"
+        )
+        raise UsageError(f"{given} is the policy file itself; write the object elsewhere with -o")
+    if args.emit_c in (None, "-"):
+        return
+    directory = Path(args.emit_c)
+    # The nearest part of DIR that exists must be a directory (the rest is made).
+    existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--emit-c {args.emit_c}: {existing} is not a directory")
+    for name in (GENERATED_HEADER, MAIN_SOURCE):
+        generated = directory / name
+        if same_file(generated, identity):
+            raise UsageError(
+                f"--emit-c {args.emit_c} would write {generated} over the policy file; "
+                "give another directory"
+            )
+        if os.path.realpath(generated) == os.path.realpath(output):
+            raise UsageError(
+                f"-o {args.output} and --emit-c {args.emit_c} would both write {generated}"
+            )
+
+
+def _emit_c(directory: Path, sources: dict[str, str]) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot make the directory {directory}: {error.strerror}") from None
+    for name, text in sources.items():
+        write_output(directory / name, text.encode())
+    print(f"wrote {', '.join(sorted(sources))} to {directory}", file=sys.stderr)
+
+
 def cmd_compile(args) -> int:
-    compiled = _compile(_policy_path(args.file))
-    if args.emit_c is not None:
-        if args.emit_c == "-":
-            sys.stdout.write(compiled.generated_header)
-        else:
-            directory = Path(args.emit_c)
-            directory.mkdir(parents=True, exist_ok=True)
-            for name, text in compiled.sources.items():
-                (directory / name).write_text(text)
-            print(f"wrote {', '.join(sorted(compiled.sources))} to {directory}", file=sys.stderr)
-    output = Path(args.output) if args.output else Path(args.file).with_suffix(".o")
-    output.write_bytes(compiled.object_bytes)
+    output = _object_path(args)
+    policy = read_policy(args.file)
+    _check_outputs(args, policy.identity, output)
+    compiled = _compile(policy)
+    # Files first, stdout last: a reader of stdout that goes away (`| head`) loses no file.
+    if args.emit_c not in (None, "-"):
+        _emit_c(Path(args.emit_c), compiled.sources)
+    write_output(output, compiled.object_bytes)
     print(
-        f"{args.file}: compiled to {output} ({len(compiled.object_bytes)} bytes, "
+        f"{policy.name}: compiled to {output} ({len(compiled.object_bytes)} bytes, "
         f"{'cached' if compiled.build.cache_hit else 'built'}; "
         f"{sum(compiled.timings.values()):.2f}s)",
         file=sys.stderr,
     )
+    if args.emit_c == "-":
+        sys.stdout.write(compiled.generated_header)
     if args.inspect:
         print(compiled.inspect().describe())
     return EXIT_OK
@@ -93,13 +145,24 @@ def _print_counters(attachment) -> None:
         print(f"  {service}: {spread or 'no backends'}", file=sys.stderr)
 
 
+def _say(message: str) -> None:
+    print(f"ebmesh: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_apply(args) -> int:
     _require_root("ebmesh apply")
     from ebmesh.live import bring_up_to_date
+    from ebmesh.runtime import cgroups
 
-    path = _policy_path(args.file)
-    compiled = _compile(path)
-    seen = path.stat().st_mtime_ns
+    cgroup = cgroups.resolve(args.cgroup)
+    cgroups.refuse_root(cgroup, args.force, how_to_force="pass --force")
+    # Watched from before the first read, so that an edit made meanwhile is seen.
+    watch = FileWatch(Path(args.file)) if args.file != STDIN else None
+    policy = read_policy(args.file)
+    if policy.path is None:
+        watch = None  # stdin or a FIFO: read once, and never again
+    name = policy.name
+    compiled = _compile(policy)
     stop = {"requested": False, "reload": False}
 
     def request_stop(signum, frame):
@@ -108,45 +171,54 @@ def cmd_apply(args) -> int:
     def request_reload(signum, frame):
         stop["reload"] = True
 
-    attachment = compiled.attach(args.cgroup, force=args.force, events=args.events)
+    attachment = compiled.attach(cgroup, force=args.force, events=args.events)
     # Only once attached: a refused attach must not leave these signals swallowed.
     previous = {
         sig: signal.signal(sig, handler)
         for sig, handler in ((signal.SIGTERM, request_stop), (signal.SIGHUP, request_reload))
     }
     try:
-        print(
-            f"ebmesh: {args.file} attached to {attachment.cgroup}; Ctrl-C detaches, "
-            "editing the file (or SIGHUP) applies it",
-            file=sys.stderr,
-            flush=True,
+        how = "editing the file (or SIGHUP) applies it" if args.watch else "SIGHUP applies edits"
+        _say(
+            f"{name} attached to {attachment.cgroup}; Ctrl-C detaches"
+            + (f", {how}" if watch else "")
         )
         while not stop["requested"]:
             for event in attachment.poll_events(0.2):
                 print(event, flush=True)
-            changed = args.watch and path.stat().st_mtime_ns != seen
-            if changed or stop["reload"]:
-                seen, stop["reload"] = path.stat().st_mtime_ns, False
-                try:
-                    edited = _compile(path)
-                    attachment, what = bring_up_to_date(attachment, compiled, edited)
-                except PolicyError as error:
-                    print(
-                        f"{error.render()}\nebmesh: {args.file} has errors; the running policy stays",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    continue
-                except EbmeshError as error:  # e.g. a new workload's cgroup does not exist yet
-                    print(
-                        f"ebmesh: {error}\nebmesh: {args.file} cannot be applied; the running policy stays",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    continue
-                compiled = edited
-                print(f"ebmesh: {args.file} changed: {what}", file=sys.stderr, flush=True)
-                _print_counters(attachment)
+            change = watch.poll() if watch and args.watch else None
+            if change is FileChange.GONE:
+                _say(
+                    f"{name} is gone (deleted, or being replaced); the running policy "
+                    "stays, and the file is applied when it comes back"
+                )
+                continue
+            if change is FileChange.BACK:
+                _say(f"{name} is back")
+            if not (change or stop["reload"]):
+                continue
+            stop["reload"] = False
+            if watch is None:
+                _say(f"{name} cannot be read again; the running policy stays")
+                continue
+            if not watch.present:
+                _say(f"{name} is missing; the running policy stays")
+                continue
+            try:
+                edited = _compile(read_policy(args.file))
+                what = bring_up_to_date(attachment, compiled, edited)
+            except PolicyError as error:
+                print(error.render(), file=sys.stderr)
+                _say(f"{name} has errors; the running policy stays")
+                continue
+            except EbmeshError as error:  # e.g. a new workload's cgroup does not exist yet
+                if not watch.present:
+                    continue  # it went while being read: the next poll says so
+                _say(f"{error}\nebmesh: {name} cannot be applied; the running policy stays")
+                continue
+            compiled = edited
+            _say(f"{name} changed: {what}")
+            _print_counters(attachment)
     except KeyboardInterrupt:
         pass
     finally:
@@ -179,7 +251,7 @@ def parse_destination(text: str) -> tuple[str, int | None, str]:
 
 def cmd_explain(args) -> int:
     _require_root("ebmesh explain")
-    compiled = _compile(_policy_path(args.file))
+    compiled = _compile(read_policy(args.file))
     destination, port, protocol = parse_destination(args.to)
     if port is None:
         service = next((s for s in compiled.policy.services if s.name == destination), None)
@@ -226,6 +298,9 @@ def cmd_detach(args) -> int:
     return EXIT_OK
 
 
+POLICY_FILE_HELP = "the policy file, or - to read it from stdin"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ebmesh", description="A sidecar-free service mesh compiled to eBPF."
@@ -233,12 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="check a policy and report every error")
-    check.add_argument("file")
+    check.add_argument("file", help=POLICY_FILE_HELP)
     check.set_defaults(run=cmd_check)
 
     compile_ = commands.add_parser("compile", help="compile a policy to a BPF object")
-    compile_.add_argument("file")
-    compile_.add_argument("-o", "--output", help="object file to write (default: FILE with .o)")
+    compile_.add_argument("file", help=POLICY_FILE_HELP)
+    compile_.add_argument(
+        "-o", "--output", help="object file to write (default: FILE with .o; needed for -)"
+    )
     compile_.add_argument(
         "--emit-c",
         nargs="?",
@@ -254,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply = commands.add_parser(
         "apply", help="attach a policy to a cgroup and print verdicts until Ctrl-C"
     )
-    apply.add_argument("file")
+    apply.add_argument("file", help=POLICY_FILE_HELP + " (read once: not watched)")
     apply.add_argument(
         "--cgroup", required=True, help="cgroup v2 directory (absolute or relative to the mount)"
     )
@@ -271,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser(
         "explain", help="the kernel's verdict for one flow, and the rule behind it"
     )
-    explain.add_argument("file")
+    explain.add_argument("file", help=POLICY_FILE_HELP)
     explain.add_argument(
         "--from",
         dest="source",
@@ -298,14 +375,36 @@ def build_parser() -> argparse.ArgumentParser:
     from ebmesh import cli_ca  # the `ca` group: its own module
 
     cli_ca.add_commands(commands)
+    for command in commands.choices.values():  # a mistake is told with its command's usage
+        command.set_defaults(usage=command)
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """`parse_args`, except that what a command does not know is told with that
+    command's usage (argparse leaves extra arguments to the top-level parser)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        given = list(sys.argv[1:] if argv is None else argv)
+        before_command = (
+            unknown[0] in given
+            and args.command in given
+            and given.index(unknown[0]) < given.index(args.command)
+        )
+        (parser if before_command else args.usage).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met while it can be handled
+        return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except PolicyError as error:
         print(error.render(), file=sys.stderr)
         return EXIT_POLICY
@@ -315,6 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"ebmesh: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _reader_went_away() -> int:
+    """The reader of our output closed it (`ebmesh ... | head`): stop quietly,
+    as tools killed by SIGPIPE do. Python ignores SIGPIPE and raises instead;
+    pointing stdout and stderr at /dev/null keeps the interpreter's own flush
+    at exit from complaining about the same pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

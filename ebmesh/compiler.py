@@ -26,19 +26,22 @@ MAIN_SOURCE = "ebmesh.bpf.c"
 GENERATED_HEADER = "policy.h"
 
 
-def compile(policy: str | Path | PolicyFile) -> CompiledPolicy:  # noqa: A001 - the API's name
+def compile(  # noqa: A001 - the API's name
+    policy: str | Path | PolicyFile, *, filename: str = "<policy>"
+) -> CompiledPolicy:
     """Compile a policy (source text, a file path, or a parsed `PolicyFile`).
 
-    Raises `ebmesh.PolicyError` with every diagnostic if the policy is wrong.
+    `filename` names policy text in diagnostics. Raises `ebmesh.PolicyError`
+    with every diagnostic if the policy is wrong.
     """
     # The one pause of the pipeline, parse to encode (gc_pause.py): a
     # 100,000-rule policy is millions of small acyclic objects, which the
     # cyclic collector would rescan several times and find nothing in.
     with cyclic_gc_paused():
-        return _compile(policy)
+        return _compile(policy, filename)
 
 
-def _compile(policy: str | Path | PolicyFile) -> CompiledPolicy:
+def _compile(policy: str | Path | PolicyFile, filename: str) -> CompiledPolicy:
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -48,7 +51,7 @@ def _compile(policy: str | Path | PolicyFile) -> CompiledPolicy:
         timings[name] = now - started
         started = now
 
-    tree = parse_and_check(policy)
+    tree = parse_and_check(policy, filename=filename)
     phase("parse_and_check")
     ir = lower_to_ir(tree)
     phase("ir")

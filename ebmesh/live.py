@@ -38,17 +38,18 @@ def backend_changes(old: Policy, new: Policy) -> dict[str, dict[str, int]] | Non
 
 def bring_up_to_date(
     attachment: Attachment, running: CompiledPolicy, edited: CompiledPolicy
-) -> tuple[Attachment, str]:
-    """The attachment now enforcing `edited`, and what was done."""
+) -> str:
+    """Make the attachment enforce `edited` instead of `running`; what was done.
+
+    If the edited policy cannot be loaded (say, a new workload's cgroup does
+    not exist), the error propagates and `running` stays in force.
+    """
     changes = backend_changes(running.policy, edited.policy)
     if changes == {}:
-        return attachment, "nothing to change"
+        return "nothing to change"
     if changes is not None:
         for service, backends in changes.items():
             attachment.set_backends(service, backends)
-        return attachment, f"backends of {', '.join(sorted(changes))} changed in place"
-    replacement = edited.attach(
-        attachment.cgroup, force=attachment.forced, events=attachment.event_level
-    )
-    attachment.detach()
-    return replacement, "policy replaced: the new one attached, then the old one detached"
+        return f"backends of {', '.join(sorted(changes))} changed in place"
+    attachment.replace(edited.image)
+    return "policy replaced: each hook's program swapped in one step"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ebmesh.datapath.image import DatapathImage
+from ebmesh.datapath.limits import MAX_BACKEND_CAPACITY
 from ebmesh.datapath.tables import DatapathTables, PolicyShape
 from ebmesh.ir.model import Policy
 
@@ -69,7 +70,9 @@ class CompiledPolicy:
         descendant) already carries an ebmesh policy. `events`: "all", "denied"
         or "none". `backend_capacity`: how many backends the services may hold
         in all, counting live changes (default: four times those declared, plus
-        1,024). `pin`: pin links and maps under /sys/fs/bpf/ebmesh/<mesh>/, so
+        1,024), a whole number from the count declared (at least 1) to
+        MAX_BACKEND_CAPACITY (1,048,576); else ValueError, before anything
+        loads. `pin`: pin links and maps under /sys/fs/bpf/ebmesh/<mesh>/, so
         that the policy keeps enforcing with no process alive; if this mesh is
         pinned on this cgroup already, take it over without a gap.
         `identity_dir`: with `mtls` in the policy, where the identity material is
@@ -79,6 +82,8 @@ class CompiledPolicy:
         """
         from ebmesh.runtime.attachment import Attachment
 
+        if backend_capacity is not None:
+            self._check_backend_capacity(backend_capacity)
         return Attachment(
             self.image,
             cgroup,
@@ -89,6 +94,20 @@ class CompiledPolicy:
             identity_dir=identity_dir,
             **({} if authenticator_port is None else {"authenticator_port": authenticator_port}),
         )
+
+    def _check_backend_capacity(self, capacity) -> None:
+        declared = sum(len(service.backends) for service in self.policy.services)
+        least = max(1, declared)
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise ValueError(
+                f"backend_capacity must be a whole number of backends, not {capacity!r}"
+            )
+        if not least <= capacity <= MAX_BACKEND_CAPACITY:
+            held = f"the {declared} backends the policy declares" if declared > 1 else "one backend"
+            raise ValueError(
+                f"backend_capacity must be from {least:,} ({held}) to {MAX_BACKEND_CAPACITY:,}, "
+                f"not {capacity:,}"
+            )
 
     def evaluate(
         self,

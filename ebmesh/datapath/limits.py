@@ -15,3 +15,8 @@ MAX_CGROUP_NESTING = 32
 # Services of one mesh: a socket connected to a service carries the service's
 # index + 1 in 12 bits of its priority (bpf_src/ebmesh_types.h).
 MAX_SERVICES = 4095
+
+# How many backends an attachment's services may hold in all (`backend_capacity`).
+# Each takes a slot of the backends array and two of the slot table, allocated
+# when the object is loaded: at this bound, about 80 MB and a second to load.
+MAX_BACKEND_CAPACITY = 1 << 20

@@ -17,14 +17,19 @@ from ebmesh.errors import Diagnostic, PolicyError
 from ebmesh.language.ast import Mesh, PolicyFile
 from ebmesh.language.builder import Problem
 from ebmesh.language.grammar import grammar
-from ebmesh.language.source import SourceText
+from ebmesh.language.source import SourceText, normalised
 from ebmesh.language.syntax_errors import MAX_SYNTAX_ERRORS, SyntaxErrorReporter
 
 
 def parse(text: str, filename: str = "<policy>") -> PolicyFile:
-    """Parse one policy file. Raises `PolicyError` listing every syntax error and malformed literal."""
+    """Parse one policy file. Raises `PolicyError` listing every syntax error and malformed literal.
+
+    The text is read `normalised` (no byte-order mark, every line ending '\\n'),
+    and the tree keeps it so: positions are counted in it.
+    """
     if not isinstance(text, str):
         raise TypeError(f"parse() takes the policy text as str, not {type(text).__name__}")
+    text = normalised(text)
     source = SourceText(filename, text)
     compiled = grammar()
     with compiled.lock:

@@ -1,12 +1,14 @@
 """A policy attached to a cgroup: an owned object whose end detaches it.
 
 Like cilium/ebpf's link.Link and libbpf-rs's links, an `Attachment` owns its
-programs' links; `detach()`, leaving its `with` block, or being garbage
-collected removes everything it attached. `replace()` swaps in another
-compiled policy hook by hook, each in one step, with no moment unguarded,
-and carries the connections' state over. While attached, a background
-thread (ebmesh/runtime/watcher.py) keeps the cgroup index up to date and
-reads the datapath's notices.
+programs' links; `detach()` or leaving its `with` block removes everything it
+attached, and `close()` lets go of it (a pinned one stays attached). Until one
+of them it is held alive (keepalive.py), kept by its caller or not, and the
+end of the process closes what is left. `replace()` swaps in
+another compiled policy hook by hook, each in one step, with no moment
+unguarded, and carries the connections' state over. While attached, a
+background thread (ebmesh/runtime/watcher.py) keeps the cgroup index up to
+date and reads the datapath's notices.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ebmesh.mtls import (
     IdentityStore,
     Outcome,
 )
-from ebmesh.runtime import cgroups, pins, registry
+from ebmesh.runtime import cgroups, keepalive, pins, registry
 from ebmesh.runtime.auth_pairs import KernelPairs
 from ebmesh.runtime.cgroup_index import CgroupIndex, index_size, tree
 from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
@@ -155,6 +157,7 @@ class Attachment:
         except BaseException:
             self.detach()
             raise
+        keepalive.hold(self)
 
     # ---- what is there already -------------------------------------------------------
 
@@ -542,6 +545,7 @@ class Attachment:
             link.close()  # the pin keeps it attached
 
     def _release(self) -> dict[str, BpfLink]:
+        keepalive.release(self)
         authenticator, self._authenticator = self._authenticator, None
         if authenticator is not None:
             authenticator.stop()
@@ -562,10 +566,6 @@ class Attachment:
 
     def __exit__(self, *exc_info) -> None:
         self.detach()
-
-    def __del__(self):
-        if getattr(self, "_links", None) or getattr(self, "_loaded", None):
-            self.close()
 
     # ---- what it saw --------------------------------------------------------------
 

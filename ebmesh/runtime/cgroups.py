@@ -49,12 +49,14 @@ def is_root(path: Path) -> bool:
     return path == cgroup2_mount()
 
 
-def refuse_root(path: Path, force: bool) -> None:
+def refuse_root(path: Path, force: bool, *, how_to_force: str = "pass force=True") -> None:
+    """AttachError for the root cgroup unless forced. `how_to_force` is the
+    caller's own spelling of forcing it (the CLI's is `--force`)."""
     if is_root(path) and not force:
         raise AttachError(
             f"refusing to attach to the root cgroup {path}: every process on this machine, "
             "this one included, would be under the policy. Attach to a cgroup of its own, "
-            "or pass force=True if you really mean it."
+            f"or {how_to_force} if you really mean it."
         )
 
 

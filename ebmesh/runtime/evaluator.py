@@ -37,7 +37,7 @@ class Evaluation:
     rule: SourceRef | None
     audit_rule_id: int
     audit_rule: SourceRef | None
-    source: str  # the source's identity name, "-" for none
+    source: str  # the source's identity name; else its address; "-" for neither
     destination: str
     by_default: bool
     would_deny: bool
@@ -172,13 +172,18 @@ class Evaluator:
         destination = naming.name_of(flow.dst_identity)
         if flow.dst_identity == NO_IDENTITY:
             destination = str(abi.address_from_words(flow.family, flow.dst_addr))
+        source = naming.name_of(flow.src_identity)
+        if flow.src_identity == NO_IDENTITY and flow.flags & abi.FLOW_SRC_ADDRESS_KNOWN:
+            source = str(
+                abi.address_from_words(flow.family, flow.src_addr)
+            )  # a peer of no workload
         return Evaluation(
             verdict="allow" if decision.verdict == abi.VERDICT_ALLOW else "deny",
             rule_id=decision.rule,
             rule=naming.rule(decision.rule),
             audit_rule_id=decision.audit_rule,
             audit_rule=naming.rule(decision.audit_rule),
-            source=naming.name_of(flow.src_identity),
+            source=source,
             destination=f"{destination}:{flow.dst_port}/{Protocol(flow.protocol).label}",
             by_default=bool(decision.flags & abi.DECISION_BY_DEFAULT),
             would_deny=bool(decision.flags & abi.DECISION_WOULD_DENY),

@@ -45,17 +45,19 @@ def cache_subdir(*parts: str) -> Path:
     return path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so that no reader ever sees a partial file.
 
     Two processes racing on the same path both succeed; the last rename wins,
     and since cache entries are content-addressed both wrote the same bytes.
+    `mode` is the new file's permissions (mkstemp's own 0600 is for secrets;
+    cached files are not).
     """
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; cached files are not secrets
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ebmesh.errors import EnvironmentProblem, ToolchainError
 from ebmesh.toolchain.cache import cache_subdir, file_sha256, write_atomically
+from ebmesh.toolchain.object_cache import ObjectCache
 from ebmesh.toolchain.vmlinux import vmlinux_header
 
 MIN_CLANG_MAJOR = 11
@@ -58,7 +59,6 @@ CLANG_FLAGS: tuple[str, ...] = (
 _SYSTEM_INCLUDE_DIRS = (Path("/usr/local/include"), Path("/usr/include"))
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_ELF_MAGIC = b"\x7fELF"
 _CACHE_FORMAT = b"ebmesh-object-cache-v1"
 
 
@@ -70,7 +70,9 @@ class BuildResult:
     cache_hit: bool
     seconds: float
     key: str
-    path: Path  # the cached copy: hand this to libbpf instead of writing another file
+    # Where it is cached; eviction (object_cache.py) may remove it at any time, so
+    # hold on to `object`, not this.
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,13 @@ def build_object(source: str, *, include_dirs: Sequence[Path], name: str = "ebme
     vmlinux_dir = vmlinux_header().parent
     our_dirs = [Path(d).resolve() for d in include_dirs]  # clang runs in a temporary cwd
     key = _cache_key(source, name, version, our_dirs, vmlinux_dir, libbpf_include_dir())
-    cached = cache_subdir("objects") / f"{key}.o"
-    data = _read_cached(cached)
+    objects = ObjectCache()
+    data = objects.get(key)
     if data is not None:
-        return BuildResult(data, True, time.perf_counter() - started, key, cached)
+        return BuildResult(data, True, time.perf_counter() - started, key, objects.path(key))
     data = _compile(clang, source, name, [vmlinux_dir, *our_dirs], key)
-    write_atomically(cached, data)
-    return BuildResult(data, False, time.perf_counter() - started, key, cached)
+    path = objects.put(key, data)
+    return BuildResult(data, False, time.perf_counter() - started, key, path)
 
 
 def find_clang() -> Path:
@@ -199,15 +201,6 @@ def _cache_key(
     for header in sorted((libbpf_dir / "bpf").glob("*.h")):
         field(f"libbpf/{header.name}", header.read_bytes())
     return digest.hexdigest()
-
-
-def _read_cached(path: Path) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    # Entries are written atomically, so this only trips on tampering or disk damage.
-    return data if data.startswith(_ELF_MAGIC) else None
 
 
 def _compile(clang: Path, source: str, name: str, include_dirs: Sequence[Path], key: str) -> bytes:

@@ -15,6 +15,8 @@ import time
 import pytest
 
 import ebmesh
+from ebmesh.datapath.limits import MAX_BACKEND_CAPACITY
+from ebmesh.loader import AttachType, query_cgroup
 from tests.support import throwaway_netns
 
 pytestmark = pytest.mark.kernel
@@ -299,3 +301,37 @@ def test_100_replaces_fail_no_allowed_connection_and_allow_no_denied_one(farm, s
                 thread.join()
     for name, (tried, as_expected) in totals.items():
         assert tried > 0 and as_expected == tried, (name, totals)
+
+
+@pytest.mark.parametrize(
+    "capacity, message",
+    [
+        (-1, r"from 5 \(the 5 backends the policy declares\) to 1,048,576, not -1"),
+        (0, "from 5 .* not 0"),
+        (4, "from 5 .* not 4"),
+        (10**12, "to 1,048,576, not 1,000,000,000,000"),
+        (MAX_BACKEND_CAPACITY + 1, "to 1,048,576, not 1,048,577"),
+        ("x", "a whole number of backends, not 'x'"),
+        (True, "a whole number of backends, not True"),
+        (8.0, "a whole number of backends, not 8.0"),
+    ],
+)
+def test_a_backend_capacity_out_of_bounds_is_refused_before_anything_loads(
+    cgroup_tree, capacity, message
+):
+    root = cgroup_tree("client", "web")
+    compiled = ebmesh.compile(policy())
+    with pytest.raises(ValueError, match=f"^backend_capacity must be .*{message}$"):
+        compiled.attach(root, backend_capacity=capacity)
+    assert query_cgroup(root, AttachType.CGROUP_INET4_CONNECT) == []
+
+
+def test_the_largest_backend_capacity_loads(farm):
+    root, client, web, _ = farm
+    compiled = ebmesh.compile(policy())
+    with compiled.attach(root, events="none", backend_capacity=MAX_BACKEND_CAPACITY) as attachment:
+        attachment.set_backends("web-svc", {"127.0.2.3:8080": 1})
+        assert client.connect(VIP, 80, source=CLIENT)["ok"]
+        assert web.accepted("tcp", "127.0.2.3", 8080) == 1
+    with compiled.attach(root, events="none", backend_capacity=5):  # the least: those declared
+        assert client.connect(VIP, 80, source=CLIENT)["ok"]

@@ -7,14 +7,21 @@ loopback address (127.0.N.1); the policy is attached to their parent.
 from __future__ import annotations
 
 import errno
+import gc
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
+import weakref
+from pathlib import Path
 
 import pytest
 
 import ebmesh
 from ebmesh.loader import AttachType, query_cgroup
+from ebmesh.runtime import keepalive
 from ebmesh.runtime.cgroups import cgroup2_mount
 
 pytestmark = pytest.mark.kernel
@@ -262,9 +269,130 @@ def test_detach_restores_traffic_and_leaves_nothing_attached(world):
     attachment.detach()  # idempotent
 
 
+def test_a_bare_attach_statement_keeps_enforcing_until_detach(world):
+    """`ebmesh.compile(p).attach(cg)` with nothing kept: the attachment is held
+    alive (not collected, not detached) until its own `detach()`."""
+    ebmesh.compile(mesh("allow client -> server port 8080")).attach(world.root)
+    gc.collect()
+    assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+    assert_allowed(world.client.connect(SERVER, 8080, source=CLIENT))
+    (attachment,) = [a for a in keepalive.held() if a.cgroup == world.root]
+    attachment.detach()
+    assert attachment not in keepalive.held()
+    assert_allowed(world.client.connect(SERVER, 9090, source=CLIENT))
+    assert query_cgroup(world.root, AttachType.CGROUP_INET4_CONNECT) == []
+
+    forgotten = weakref.ref(attachment)
+    del attachment
+    gc.collect()
+    assert forgotten() is None, "a detached attachment is not held any more"
+
+
+BARE_ATTACH_THEN_WAIT = """
+import gc, sys
+import ebmesh
+ebmesh.compile(sys.argv[1]).attach(sys.argv[2])
+gc.collect()
+print("attached", flush=True)
+sys.stdin.readline()
+sys.exit(int(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "exception", "kill -9"])
+def test_a_bare_attach_lasts_as_long_as_its_process(world, how):
+    """The end of the process ends what it attached and kept no reference to:
+    through the exit handlers, or (kill -9) the kernel closing its links."""
+    script = (
+        BARE_ATTACH_THEN_WAIT
+        if how != "exception"
+        else BARE_ATTACH_THEN_WAIT.replace(
+            "sys.exit(int(sys.argv[3]))", "raise RuntimeError('the program fails')"
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, mesh("allow client -> server port 8080"), world.root, "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],  # this checkout's ebmesh
+    )
+    try:
+        assert process.stdout.readline() == "attached\n", process.stderr.read()
+        time.sleep(0.2)
+        assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+        if how == "kill -9":
+            process.kill()
+        else:
+            process.stdin.write("\n")
+            process.stdin.flush()
+        status = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read()
+    expected = {"exit": 0, "exception": 1, "kill -9": -signal.SIGKILL}[how]
+    assert status == expected, stderr
+    assert "Exception ignored" not in stderr, stderr
+    # A killed process's links are released as its files close, maybe a moment after it is reaped.
+    deadline = time.monotonic() + 5
+    while query_cgroup(world.root, AttachType.CGROUP_INET4_CONNECT) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for attach_type in AttachType.CGROUP_INET4_CONNECT, AttachType.CGROUP_INET_INGRESS:
+        assert query_cgroup(world.root, attach_type) == []
+    assert_allowed(world.client.connect(SERVER, 9090, source=CLIENT))
+
+
+FORK_THEN_EXIT = """
+import gc, os, sys
+import ebmesh
+ebmesh.compile(sys.argv[1]).attach(sys.argv[2])
+child = os.fork()
+if child == 0:
+    gc.collect()
+    sys.exit(0)  # a normal exit: exit handlers and finalisers run in the child
+os.waitpid(child, 0)
+print("child gone", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_forked_child_ending_leaves_its_parent_enforcing(world):
+    """A child made by fork() holds copies of its parent's links: its normal exit
+    must not detach them."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FORK_THEN_EXIT,
+            mesh("allow client -> server port 8080"),
+            world.root,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stdout.readline() == "child gone\n", process.stderr.read()
+        assert query_cgroup(world.root, AttachType.CGROUP_INET4_CONNECT)
+        assert_denied_at_once(world.client.connect(SERVER, 9090, source=CLIENT))
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert query_cgroup(world.root, AttachType.CGROUP_INET4_CONNECT) == []
+
+
 def test_refuses_the_root_cgroup(root):
     compiled = ebmesh.compile(mesh("allow any -> any"))
-    with pytest.raises(ebmesh.AttachError, match="root cgroup"):
+    with pytest.raises(ebmesh.AttachError, match="root cgroup.*pass force=True"):
         compiled.attach(cgroup2_mount())
     with pytest.raises(ebmesh.AttachError, match="root cgroup"):
         compiled.attach("")

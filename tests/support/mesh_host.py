@@ -9,7 +9,6 @@ reach each other over the veth pair between them, as two machines would.
 
 from __future__ import annotations
 
-import atexit
 import time
 
 import ebmesh
@@ -64,8 +63,6 @@ def detach() -> dict:
         attachment.detach()
     return {"ok": True}
 
-
-atexit.register(detach)
 
 COMMANDS = {
     "attach": attach,

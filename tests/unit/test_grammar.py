@@ -308,6 +308,53 @@ def test_windows_line_endings_and_tabs():
     assert mesh.rules[0].span.line == 3 and mesh.rules[0].span.column == 2
 
 
+BROKEN_ON_LINE_3 = 'mesh m {\n  workload a { cgroup "a" }\n  allow a -> ghost\n}\n'
+
+
+def with_line_endings(text: str, ending: str) -> str:
+    """`text` with its '\\n's made `ending`, or for "mixed" each line its own way."""
+    if ending != "mixed":
+        return text.replace("\n", ending)
+    lines = text.split("\n")
+    endings = ("\r\n", "\r", "\n")
+    return "".join(line + endings[n % 3] for n, line in enumerate(lines[:-1])) + lines[-1]
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\r", "mixed"], ids=["CRLF", "CR", "mixed"])
+def test_every_line_ending_makes_the_same_policy_and_the_same_positions(ending):
+    """A lone '\\r' ends a line as '\\n' and '\\r\\n' do: the tree, its spans, and the
+    FILE:LINE:COL of a mistake are those of the same policy written with '\\n'."""
+    text = SHOP.read_text()
+    assert load(with_line_endings(text, ending)).mesh == load(text).mesh
+    with pytest.raises(PolicyError) as with_lf:
+        load(BROKEN_ON_LINE_3)
+    with pytest.raises(PolicyError) as rewritten:
+        load(with_line_endings(BROKEN_ON_LINE_3, ending))
+    assert rewritten.value.render() == with_lf.value.render()
+    assert with_lf.value.render().startswith("<policy>:3:14: unknown name 'ghost'")
+
+
+def test_a_byte_order_mark_is_dropped_from_text_as_from_a_file(tmp_path):
+    """Decided: accepted in both. An editor's byte-order mark is no part of the
+    policy, whether the text comes from a file or as a str."""
+    text = SHOP.read_text()
+    assert load("\ufeff" + text).mesh == load(text).mesh
+    with_mark = tmp_path / "shop.mesh"
+    with_mark.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load(with_mark).mesh == load(text).mesh
+    with pytest.raises(PolicyError) as caught:
+        load("\ufeff" + BROKEN_ON_LINE_3)
+    assert caught.value.render().startswith("<policy>:3:14: unknown name 'ghost'")
+    with pytest.raises(PolicyError, match=r"<policy>:1:1: "):
+        load("\ufeff\ufeffmesh m { }")  # only the first is a byte-order mark; a second is text
+
+
+def test_text_is_named_as_the_caller_says():
+    with pytest.raises(PolicyError) as caught:
+        load(BROKEN_ON_LINE_3, filename="<stdin>")
+    assert caught.value.render().startswith("<stdin>:3:14: ")
+
+
 def test_host_bits_are_kept_for_the_checker():
     (workload,) = mesh_of("workload w { address 10.0.1.5/24 }").workloads
     (cidr,) = workload.addresses
