@@ -114,8 +114,12 @@ static __always_inline void report_decision(const struct flow *flow, const struc
  * too deep below the attach cgroup to be told apart. */
 static __always_inline int refuse_unidentified(struct flow *flow, struct bpf_sock *sk)
 {
-	struct decision decision = { .verdict = VERDICT_DENY, .flags = DECISION_TOO_DEEP };
+	struct decision decision = {};
 
+	/* field by field: a designated initializer leaves an unused constant copy of it
+	 * in .rodata, which libbpf would load as a map of its own */
+	decision.verdict = VERDICT_DENY;
+	decision.flags = DECISION_TOO_DEEP;
 	report(flow, &decision, cgroup_id_of_socket(sk), NO_BACKEND_ID);
 	return SYSCALL_DENY;
 }

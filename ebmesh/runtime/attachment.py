@@ -199,7 +199,8 @@ class Attachment:
     def _resolve_workload_cgroups(self, image: DatapathImage) -> dict[int, Path]:
         """The local workloads' cgroups that exist here. A workload whose cgroup is not
         here but that has addresses lives on another host (a mesh's policy is one for
-        all its hosts): here it is known by address. One with neither is an error."""
+        all its hosts): here it is known by address. One with neither is an error, and
+        so is a cgroup tree with none of the policy's workloads."""
         resolved, missing, self.elsewhere = {}, [], []
         for workload in image.local_workloads:
             path = self.cgroup / workload.cgroup
@@ -209,10 +210,19 @@ class Attachment:
                 self.elsewhere.append(workload.name)
             else:
                 missing.append(f"{workload.name} ({path})")
+        if image.local_workloads and not resolved:  # no workload here: a wrong cgroup
+            missing += [f"{w.name} ({self.cgroup / w.cgroup})" for w in image.local_workloads]
+            missing = list(dict.fromkeys(missing))
         if missing:
             raise AttachError(
                 "workload cgroups missing below "
                 f"{self.cgroup}: {', '.join(missing)}; create them (mkdir) before attaching"
+            )
+        for name in self.elsewhere:
+            self._note(
+                "elsewhere",
+                f"workload {name} has no cgroup below {self.cgroup}: it is taken to run on "
+                "another host, known here by its address",
             )
         return resolved
 

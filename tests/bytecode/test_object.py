@@ -23,7 +23,7 @@ from elftools.elf.elffile import ELFFile
 import ebmesh
 from ebmesh.datapath import abi
 from ebmesh.datapath.limits import MAX_PREFIX_NESTING
-from ebmesh.datapath.programs import EVALUATE_PROGRAM, HOOK_PROGRAMS
+from ebmesh.datapath.programs import EVALUATE_PROGRAM, HOOK_PROGRAMS, SHORTCUT
 from ebmesh.ir.lowering import lower
 from ebmesh.language import load
 from ebmesh.language.lower import lower_to_ir
@@ -88,13 +88,17 @@ PROGRAMS = {  # name -> (section, program type, expected attach type)
         ProgType.CGROUP_SOCK_ADDR,
         AttachType.CGROUP_UDP6_RECVMSG,
     ),
+    "ebmesh_sockops": ("sockops", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS),
+    "ebmesh_shortcut": ("sk_msg", ProgType.SK_MSG, AttachType.SK_MSG_VERDICT),
     "ebmesh_evaluate": ("syscall", ProgType.SYSCALL, None),
 }
 # Programs that take a verdict: every one but the egress recorder, which only
 # notes who sent a new flow (the egress verdict was taken at connect/sendmsg),
-# and the reverse translators of service addresses.
+# the reverse translators of service addresses, and the shortcut of `accelerate on`.
 DECIDING = set(PROGRAMS) - {
     "ebmesh_recorder",
+    "ebmesh_sockops",
+    "ebmesh_shortcut",
     "ebmesh_getpeername4",
     "ebmesh_getpeername6",
     "ebmesh_recvmsg4",
@@ -130,6 +134,9 @@ MAPS = {  # name -> (type, key mirror, value mirror); None: no key/value (a ring
     "rule_counters": (MapType.PERCPU_ARRAY, U32, abi.RuleCounter),
     "verdict_events": (MapType.RINGBUF, None, None),
     "lost_events": (MapType.PERCPU_ARRAY, U32, U64),
+    # accelerate.h: the key is the kernel's alone (netns cookie, family, ports, addresses)
+    "shortcuts": (MapType.SOCKHASH, ctypes.c_uint8 * 56, U64),
+    "shortcut_counters": (MapType.PERCPU_ARRAY, U32, U64),
 }
 C_NAME = {mirror: f"struct {name}" for name, mirror in abi.C_STRUCTS.items()}
 
@@ -176,6 +183,7 @@ def test_exactly_the_expected_programs(info):
         "match_pair",
         "match_port_intervals",
         "read_packet",
+        "report",
         "verdict_fill",
         "verdict_lookup",
     ]
@@ -229,10 +237,14 @@ def test_every_program_ends_as_the_kernel_requires(info):
 
 
 def test_maps_match_maps_h(info):
-    declared = re.findall(
-        r"^\}\s*(\w+)\s+SEC\(\"\.maps\"\);", (BPF_SRC / "maps.h").read_text(), re.M
-    )
-    assert sorted(declared) == sorted(MAPS), "maps.h and this test disagree on which maps exist"
+    declared = [
+        name
+        for header in ("maps.h", "accelerate.h")
+        for name in re.findall(
+            r"^\}\s*(\w+)\s+SEC\(\"\.maps\"\);", (BPF_SRC / header).read_text(), re.M
+        )
+    ]
+    assert sorted(declared) == sorted(MAPS), "the headers and this test disagree on the maps"
     assert sorted(m.name for m in info.maps) == sorted(MAPS)
     for name, (map_type, key, value) in MAPS.items():
         found = info.map(name)
@@ -283,9 +295,11 @@ def test_license_btf_core_and_kfunc(info):
     assert [(e.name, e.kind) for e in info.externs] == [("bpf_rdonly_cast", "kfunc")]
     users = {p.name for p in info.programs if "bpf_rdonly_cast" in p.kfuncs}
     # every hook that judges or records finds the socket's cgroup; the reverse
-    # translators only read what their socket was translated to
+    # translators only read what their socket was translated to, and the shortcut's
+    # programs key sockets by their addresses alone
     reverse = {"ebmesh_getpeername4", "ebmesh_getpeername6", "ebmesh_recvmsg4", "ebmesh_recvmsg6"}
-    assert users == set(PROGRAMS) - {EVALUATE_PROGRAM} - reverse
+    shortcut = {"ebmesh_sockops", "ebmesh_shortcut"}
+    assert users == set(PROGRAMS) - {EVALUATE_PROGRAM} - reverse - shortcut
 
 
 # ---- the ABI: the object's types against the ctypes mirrors ------------------------------
@@ -704,7 +718,7 @@ def test_the_nesting_cases_are_what_they_claim():
 @pytest.mark.parametrize("case", sorted(VERIFIER_CASES))
 def test_the_verifier_accepts_every_program(root, case):
     compiled = ebmesh.compile(VERIFIER_CASES[case])
-    everything = (*HOOK_PROGRAMS, EVALUATE_PROGRAM)
+    everything = (*HOOK_PROGRAMS, SHORTCUT, EVALUATE_PROGRAM)
     info = compiled.inspect()
     assert set(everything) == {p.name for p in info.programs}
     bpf = load_image(compiled.image, programs=everything, events="all").bpf

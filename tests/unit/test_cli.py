@@ -70,6 +70,8 @@ PROGRAMS = (
     "ebmesh_recvmsg6",
     "ebmesh_ingress",
     "ebmesh_recorder",
+    "ebmesh_sockops",
+    "ebmesh_shortcut",
     "ebmesh_evaluate",
 )
 MAPS = (
@@ -100,6 +102,8 @@ MAPS = (
     "rule_counters",
     "verdict_events",
     "lost_events",
+    "shortcuts",
+    "shortcut_counters",
 )
 
 
