@@ -35,7 +35,8 @@ $(STAMP): setup.py pyproject.toml
 demo: setup
 	@$(PY) examples/demo.py
 
-test: setup
+# bench-setup: tests/bench runs the benchmark's smoke test, with its tools.
+test: setup bench-setup
 	@$(PY) -m pytest -q tests
 
 # Everything but the kernel tests: no root needed.
