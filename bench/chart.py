@@ -10,7 +10,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
-
 import mesh as mesh_part  # noqa: E402
 
 

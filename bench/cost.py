@@ -213,9 +213,7 @@ def setup(args, stack: contextlib.ExitStack, launcher: Launcher, rr: Path, safe_
 
 
 def _traffic(config: CostConfig, launcher: Launcher, rr: Path, kind: str, count: int) -> dict:
-    mode = {"tcp_direct": "tcp", "tcp_vip": "tcp", "udp_one": "udp-one", "udp_new": "udp-new"}[
-        kind
-    ]
+    mode = {"tcp_direct": "tcp", "tcp_vip": "tcp", "udp_one": "udp-one", "udp_new": "udp-new"}[kind]
     return loadgen.rr_client(
         launcher,
         rr,
@@ -304,9 +302,7 @@ def _summarize_kind(rounds: list[dict], hooks: dict[str, str]) -> dict:
 
 def summarize(configs: list[CostConfig], control: CostConfig, args) -> dict:
     bare = {kind: _summarize_kind(control.rounds[kind], control.hooks) for kind in KINDS}
-    bare_by_hook = {
-        kind: {p["hook"]: p for p in bare[kind]["programs"].values()} for kind in KINDS
-    }
+    bare_by_hook = {kind: {p["hook"]: p for p in bare[kind]["programs"].values()} for kind in KINDS}
     entries = {}
     for config in configs:
         kinds = {}

@@ -17,7 +17,9 @@ _EXTREME = re.compile(r"---> <(MAX|MIN)> observation\s*=\s*([0-9.]+)")
 _VALID = re.compile(
     r"\[Valid Duration\] RunTime=([0-9.]+) sec; SentMessages=(\d+); ReceivedMessages=(\d+)"
 )
-_TOTAL = re.compile(r"\[Total Run\] RunTime=([0-9.]+) sec;.*SentMessages=(\d+); ReceivedMessages=(\d+)")
+_TOTAL = re.compile(
+    r"\[Total Run\] RunTime=([0-9.]+) sec;.*SentMessages=(\d+); ReceivedMessages=(\d+)"
+)
 
 
 # ---- rr --------------------------------------------------------------------------------------

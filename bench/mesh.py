@@ -39,7 +39,6 @@ import policy_gen
 import sidecars
 from processes import (
     Launcher,
-    Started,
     cgroup_cpu_usec,
     ksoftirqd_seconds,
     require_tool,
@@ -127,8 +126,7 @@ def policy_text(config: MeshConfig) -> str:
             ("rr", RR_PORT, "tcp"),
         ]
         declarations = tuple(
-            f"service {name} {config.vip}:{port}/{protocol} "
-            f"{{ backend {config.server_ip}:{port} }}"
+            f"service {name} {config.vip}:{port}/{protocol} {{ backend {config.server_ip}:{port} }}"
             for name, port, protocol in services
         )
         extra_rules = tuple(f"allow client -> {name}" for name, _, _ in services)
@@ -198,9 +196,7 @@ def _start_servers(config: MeshConfig, launcher: Launcher, rr: Path) -> None:
         launcher, f"{name}-sockperf-udp", server, config.server_ip, SOCKPERF_PORT, "udp"
     )
     loadgen.iperf3_server(launcher, f"{name}-iperf3", server, config.server_ip, IPERF_PORT)
-    loadgen.rr_server(
-        launcher, rr, f"{name}-rr", server, "tcp", [(config.server_ip, RR_PORT)]
-    )
+    loadgen.rr_server(launcher, rr, f"{name}-rr", server, "tcp", [(config.server_ip, RR_PORT)])
 
 
 def _sanity(config: MeshConfig, launcher: Launcher, rr: Path) -> None:
@@ -313,9 +309,7 @@ def measure(configs: list[MeshConfig], launcher: Launcher, rr: Path, args) -> No
             shift = number % len(configs)
             for config in configs[shift:] + configs[:shift]:
                 config.rounds.append(_measure_round(config, launcher, rr, args))
-        cells = [
-            f"{c.key} {c.rounds[-1]['tcp_64']['p50_us']:.1f}" for c in configs if c.rounds
-        ]
+        cells = [f"{c.key} {c.rounds[-1]['tcp_64']['p50_us']:.1f}" for c in configs if c.rounds]
         print(
             f"  mesh round {number + 1}/{args.mesh_rounds} (TCP 64 B p50 RTT us): "
             + ", ".join(cells),
@@ -341,9 +335,7 @@ def _proxy_summary(config: MeshConfig) -> dict | None:
         "rss_bytes_per_proxy": per_side,
         # One proxy per workload: the larger of the pair stands for a workload's sidecar.
         "rss_bytes_one_proxy": max(per_side.values()),
-        "processes_per_proxy": {
-            side: len(proxy.pids()) for side, proxy in config.proxies.items()
-        },
+        "processes_per_proxy": {side: len(proxy.pids()) for side, proxy in config.proxies.items()},
         "note": "VmRSS of the proxy's processes (nginx: master and worker), the largest "
         "sample after each round, under the benchmark's load",
     }
@@ -462,6 +454,7 @@ def print_report(mesh: dict) -> None:
         proxies = entries.get(key, {}).get("proxies") if key in entries else None
         if proxies:
             sides = ", ".join(
-                f"{side} {rss / 2**20:.1f} MiB" for side, rss in proxies["rss_bytes_per_proxy"].items()
+                f"{side} {rss / 2**20:.1f} MiB"
+                for side, rss in proxies["rss_bytes_per_proxy"].items()
             )
             print(f"  {LABELS[key]}: RSS per proxy under load: {sides}")

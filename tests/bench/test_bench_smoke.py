@@ -143,7 +143,12 @@ def test_every_target_is_evaluated(quick_run):
 
 def test_the_terminal_shows_the_tables_and_the_chart_is_a_png(quick_run):
     _, output, stdout = quick_run
-    for heading in ("ebmesh against no mesh and sidecars", "Memory:", "Datapath cost", "Must reach"):
+    for heading in (
+        "ebmesh against no mesh and sidecars",
+        "Memory:",
+        "Datapath cost",
+        "Must reach",
+    ):
         assert heading in stdout
     assert "flatters the sidecars" in stdout
     chart = output.with_suffix(".png")
