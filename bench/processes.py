@@ -81,6 +81,7 @@ class Started:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            # The leader is alive, so its process group is this process's own.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -89,9 +90,12 @@ class Started:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        # Children that left the group (none of ours do) die with the cgroup.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        # Children that outlived the leader (nginx's worker, briefly): found in our
+        # cgroup, never by a group id alone, which the system may have handed on.
+        with contextlib.suppress(FileNotFoundError):
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 class Launcher:
