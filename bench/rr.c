@@ -95,9 +95,11 @@ static int bound_socket(int type, const char *source)
 	return fd;
 }
 
-static void set_timeout(int fd)
+/* A loopback reply takes microseconds: a UDP request unanswered for 200 ms was lost,
+ * and waiting longer would only stall the loop. TCP gets 2 s (a SYN retransmits at 1 s). */
+static void set_timeout(int fd, int udp)
 {
-	struct timeval timeout = {.tv_sec = 2};
+	struct timeval timeout = {.tv_sec = udp ? 0 : 2, .tv_usec = udp ? 200000 : 0};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
 }
@@ -111,7 +113,7 @@ static int tcp_once(const struct sockaddr_in *target, const char *source)
 	fd = bound_socket(SOCK_STREAM, source);
 	if (fd < 0)
 		return errno;
-	set_timeout(fd);
+	set_timeout(fd, 0);
 	if (connect(fd, (const struct sockaddr *)target, sizeof(*target)) < 0 ||
 	    send(fd, "rq", 2, 0) != 2 || recv(fd, reply, 2, MSG_WAITALL) != 2 ||
 	    recv(fd, reply, sizeof(reply), 0) != 0) {
@@ -164,7 +166,7 @@ static int client(const char *mode, const char *amount, const char *destination,
 			perror("rr: udp socket");
 			return 1;
 		}
-		set_timeout(udp_fd);
+		set_timeout(udp_fd, 1);
 	}
 	started = now();
 	for (;;) {
@@ -180,7 +182,7 @@ static int client(const char *mode, const char *amount, const char *destination,
 			if (fd < 0) {
 				error = errno;
 			} else {
-				set_timeout(fd);
+				set_timeout(fd, 1);
 				error = udp_exchange(fd, &target);
 				close(fd);
 			}
@@ -241,7 +243,7 @@ static int serve(int type, int count, char **endpoints)
 			int connection = accept(fd, NULL, NULL);
 			if (connection < 0)
 				continue;
-			set_timeout(connection);
+			set_timeout(connection, 0);
 			if (recv(connection, buffer, 2, MSG_WAITALL) == 2)
 				send(connection, "rp", 2, 0);
 			/* The server closes first: its side keeps the TIME_WAIT, the client's
