@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import mesh as mesh_part  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
 
 
 def draw(results: dict, path: Path) -> Path | None:
@@ -70,6 +71,9 @@ def _latency(axis, results: dict) -> None:
     axis.set_xticks(list(positions), [_short(k) for k in keys], fontsize=7)
     axis.set_ylabel("round-trip time, us (log)")
     axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.yaxis.set_minor_formatter(NullFormatter())
+    axis.set_yticks([10, 20, 50, 100, 200, 500])
     axis.set_title("Loopback ping-pong (sockperf)", fontsize=9)
     axis.legend(fontsize=6, loc="upper left")
 
@@ -96,6 +100,8 @@ def _memory(axis, results: dict) -> None:
     axis.set_yscale("log")
     axis.set_xlabel("local workloads (log)")
     axis.set_ylabel("MiB (log)")
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axis.set_title("Memory by workload count", fontsize=9)
     axis.legend(fontsize=6)
 

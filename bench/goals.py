@@ -17,7 +17,7 @@ def _check(issue: int, name: str, value, bound: float, op: str, unit: str = "x")
         "issue": issue,
         "target": name,
         "value": value,
-        "bound": f"{op} {bound:.3g}{unit}",
+        "bound": f"{op} {bound:,.0f}{unit}" if unit == " ns" else f"{op} {bound:.3g}{unit}",
         "met": met,
     }
 

@@ -749,7 +749,7 @@ def _parse_args(argv):
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds of every part, medians reported (defaults: rules 5, lb 7, mesh 3, cost 5; "
+        help="rounds of every part, medians reported (defaults: rules 5, lb 5, mesh 3, cost 5; "
         "--lb-rounds, --mesh-rounds, --cost-rounds set one part's)",
     )
     parser.add_argument("--connects", type=int, help="connects per round (default 3000)")
@@ -831,7 +831,7 @@ def _parse_args(argv):
         "in one more configuration; 0: none (default: %(default)s)",
     )
     parser.add_argument(
-        "--lb-rounds", type=int, help="load-balancing rounds, median reported (default 7)"
+        "--lb-rounds", type=int, help="load-balancing rounds, median reported (default 5)"
     )
     parser.add_argument(
         "--quick",
@@ -872,7 +872,7 @@ def _parse_args(argv):
         "connects": 3000,
         "warmup": 500,
         "compile_repeats": 3,
-        "lb_rounds": 7,
+        "lb_rounds": 5,
         "mesh_rounds": 3,
         "mesh_seconds": 1,
         "cost_rounds": 5,
