@@ -87,6 +87,7 @@ class CostConfig:
     attachment: object = None
     empty: BpfObject | None = None
     hooks: dict = field(default_factory=dict)  # program name -> attach type name
+    denial_samples: list = field(default_factory=list)
     rounds: dict = field(default_factory=lambda: {kind: [] for kind in KINDS})
 
     def target(self, kind: str) -> tuple[str, int]:
@@ -230,11 +231,16 @@ def _traffic(config: CostConfig, launcher: Launcher, rr: Path, kind: str, count:
 
 
 def _drain(config: CostConfig) -> int:
-    """Empty the ring buffer (room for the next round's events); the denials in it."""
+    """Empty the ring buffer (room for the next round's events); the denials in it, the
+    first few kept as text (the sanity check's own denial is drained before round one)."""
     denied = 0
     if config.attachment is not None:  # both event levels report denials
         while batch := config.attachment.poll_events(0.0):
-            denied += sum(1 for event in batch if event.verdict == "deny")
+            for event in batch:
+                if event.verdict == "deny":
+                    denied += 1
+                    if len(config.denial_samples) < 5:
+                        config.denial_samples.append(str(event))
     return denied
 
 
@@ -270,6 +276,7 @@ def measure(configs: list[CostConfig], control: CostConfig, args, launcher, rr) 
         for config in everything:
             for kind in KINDS:
                 _round(config, launcher, rr, kind, args.cost_warmup)
+            config.denial_samples.clear()  # the sanity check's EPERM, and any warm-up's
         for number in range(args.cost_rounds):
             shift = number % len(everything)
             for config in everything[shift:] + everything[:shift]:
@@ -346,6 +353,7 @@ def summarize(configs: list[CostConfig], control: CostConfig, args) -> dict:
             "rules": config.rules,
             "events": config.events,
             "hooks": config.hooks,
+            "denial_samples": config.denial_samples,
             "kinds": kinds,
         }
     return {
