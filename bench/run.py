@@ -813,7 +813,7 @@ def _parse_args(argv):
     parser.add_argument(
         "--cost-operations",
         type=int,
-        help="connections or exchanges per traffic kind and round in the cost part (default 3000)",
+        help="connections or exchanges per traffic kind and round in the cost part (default 2000)",
     )
     parser.add_argument(
         "--cost-warmup", type=int, help="cost part warm-up operations per kind (default 500)"
@@ -876,7 +876,7 @@ def _parse_args(argv):
         "mesh_rounds": 3,
         "mesh_seconds": 1,
         "cost_rounds": 5,
-        "cost_operations": 3000,
+        "cost_operations": 2000,
         "cost_warmup": 500,
     }
     if args.quick:
