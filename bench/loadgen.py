@@ -45,14 +45,12 @@ def rr_server(
     cgroup: Path,
     protocol: str,
     endpoints,
-    netns: str | None = None,
 ) -> Started:
     return launcher.start(
         name,
         [str(rr), f"serve-{protocol}", *(f"{a}:{p}" for a, p in endpoints)],
         cgroup,
         ready="ready",
-        netns=netns,
     )
 
 
@@ -64,7 +62,6 @@ def rr_client(
     amount: float,
     target: tuple[str, int],
     source: str,
-    netns: str | None = None,
 ) -> dict:
     """One rr client run: {"count", "succeeded", "errnos", "seconds"}."""
     seconds = amount if mode == "tcp-for" else 60
@@ -73,7 +70,6 @@ def rr_client(
         [str(rr), mode, str(amount), f"{target[0]}:{target[1]}", source],
         cgroup,
         timeout=seconds + 30,
-        netns=netns,
     )
     return json.loads(output.strip().splitlines()[-1])
 

@@ -289,6 +289,9 @@ def _measure_round(config: MeshConfig, launcher: Launcher, rr: Path, args) -> di
     if rate["succeeded"] != rate["count"]:
         raise RuntimeError(f"{config.label}: failed connections in the rate loop: {rate}")
     result["connection_rate"] = {**rate, "per_second": rate["count"] / rate["seconds"]}
+    shortcut = getattr(config.attachment, "shortcut_counters", None)
+    if shortcut is not None:  # a datapath with `accelerate on`'s sockmap shortcut
+        result["shortcut_counters_total"] = shortcut()
     if config.proxies:
         config.proxy_rss.append(
             {side: rss_bytes(proxy.pids()) for side, proxy in config.proxies.items()}
@@ -366,6 +369,9 @@ def summarize(configs: list[MeshConfig], args) -> dict:
             "cpu_s_per_100k_requests": _median(c["cpu_s_per_100k"] for c in cpu),
             "system_busy_s_per_100k_requests": _median(c["system_busy_s_per_100k"] for c in cpu),
             "proxies": _proxy_summary(config),
+            # Messages sent socket to socket and through the stack, since the attach
+            # (None: the datapath has no shortcut, `accelerate on` changes nothing).
+            "shortcut_counters": rounds[-1].get("shortcut_counters_total"),
             "rounds": rounds,
         }
     return {
@@ -450,6 +456,17 @@ def print_report(mesh: dict) -> None:
         "  CPU: cgroup cpu.stat of client, server and proxies (softirq in their context "
         "included) + ksoftirqd, during the TCP 64 B ping-pong."
     )
+    if "accel" in entries:
+        shortcut = entries["accel"]["shortcut_counters"]
+        if shortcut is None:
+            print(
+                "  accelerate on: this datapath has no socket shortcut (the setting changes nothing)"
+            )
+        else:
+            print(
+                f"  accelerate on: {shortcut['shortcut']:,} messages went socket to socket, "
+                f"{shortcut['stack']:,} through the stack"
+            )
     for key in SIDECARS:
         proxies = entries.get(key, {}).get("proxies") if key in entries else None
         if proxies:

@@ -116,14 +116,11 @@ class Launcher:
         ready: str | None = None,
         ready_port: tuple[str, int, str] | None = None,
         timeout: float = 10.0,
-        netns: str | None = None,
         cwd: Path | None = None,
     ) -> Started:
-        """Start `command` in `cgroup` (and network namespace `netns`). Waits until its
-        output contains `ready`, or until something listens on `ready_port` (address,
-        port, "tcp"|"udp"; only outside a namespace)."""
+        """Start `command` in `cgroup`. Waits until its output contains `ready`, or until
+        something listens on `ready_port` (address, port, "tcp"|"udp")."""
         cgroup = _check_cgroup(cgroup)
-        command = _in_netns(netns, command)
         log = self.workdir / f"{name}.log"
         handle = open(log, "w")
         try:
@@ -153,12 +150,9 @@ class Launcher:
                 raise RuntimeError(f"{name} did not get ready in {timeout} s: {log.read_text()}")
             time.sleep(0.02)
 
-    def run(
-        self, name: str, command: list[str], cgroup: Path, timeout: float, netns: str | None = None
-    ) -> str:
-        """Run `command` in `cgroup` (and `netns`) to its end; its output (stdout and stderr)."""
+    def run(self, name: str, command: list[str], cgroup: Path, timeout: float) -> str:
+        """Run `command` in `cgroup` to its end; its output (stdout and stderr)."""
         cgroup = _check_cgroup(cgroup)
-        command = _in_netns(netns, command)
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -178,15 +172,6 @@ class Launcher:
         if process.returncode != 0:
             raise RuntimeError(f"{name} failed ({process.returncode}): {output[-2000:]}")
         return output
-
-
-def _in_netns(netns: str | None, command: list[str]) -> list[str]:
-    # nsenter --net, not `ip netns exec`: the latter remounts /sys, hiding the cgroup2 mount.
-    if netns is None:
-        return command
-    if not netns.startswith(PREFIX):
-        raise RuntimeError(f"refusing to run in namespace {netns}: not a benchmark namespace")
-    return ["nsenter", f"--net=/run/netns/{netns}", *command]
 
 
 def listening(address: str, port: int, protocol: str = "tcp") -> bool:

@@ -77,6 +77,19 @@ def render(results: dict) -> str:
                 f"{entry['throughput_gbit_s']:.1f} | {entry['connections_per_s']:.0f} | "
                 f"{entry['cpu_s_per_100k_requests']:.2f} |"
             )
+        accel = mesh["configs"].get("accel")
+        if accel is not None:
+            shortcut = accel.get("shortcut_counters")
+            lines += [
+                "",
+                "`accelerate on`: "
+                + (
+                    "this datapath has no socket shortcut, so the row measures the plain path."
+                    if shortcut is None
+                    else f"{shortcut['shortcut']:,} messages went socket to socket, "
+                    f"{shortcut['stack']:,} through the stack."
+                ),
+            ]
     memory = results.get("memory")
     if memory:
         proxies = list(memory["comparison"]["proxy_rss_bytes"])

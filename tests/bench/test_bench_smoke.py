@@ -94,6 +94,7 @@ def test_the_mesh_part_has_every_figure_of_every_configuration(quick_run):
             assert entry["proxies"]["rss_bytes_one_proxy"] > 1 << 20
         else:
             assert entry["proxies"] is None
+        assert "shortcut_counters" in entry  # None where the datapath has no shortcut
 
 
 def test_memory_compares_ebmesh_with_both_proxies(quick_run):
