@@ -35,6 +35,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],
+        # bench/ draws its chart with matplotlib (tested with 3.11); the next major is untested.
+        "bench": ["matplotlib>=3.7,<4"],
     },
     data_files=data_files("grammar") + data_files("bpf_src"),
     entry_points={"console_scripts": ["ebmesh = ebmesh.cli:main"]},

@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""ebmesh benchmark: datapath cost per connection and compile+attach time, by policy size;
-and the cost of a connect to a load-balanced service VIP (bench/balancing.py).
+"""ebmesh benchmark suite: ebmesh against no mesh and a sidecar mesh (latency,
+throughput, connection rate, CPU, memory), the datapath's cost per connection
+over the bare hooks, compile+attach time by policy size, and load balancing.
 
     sudo .venv/bin/python bench/run.py                  # what `make bench` runs
-    sudo .venv/bin/python bench/run.py --quick          # fewer rounds and connects
-    sudo .venv/bin/python bench/run.py --sizes 10,10000 --rounds 3
-    sudo .venv/bin/python bench/run.py --parts lb       # only the load-balancing part
+    sudo .venv/bin/python bench/run.py --quick          # a smoke run, a few seconds a part
+    sudo .venv/bin/python bench/run.py --parts mesh,memory --rounds 5
+    sudo .venv/bin/python bench/run.py --parts rules --sizes 10,10000
 
-Prints tables and writes bench/results/latest.json. See bench/README.md for
-what is measured and how to read it. Needs root: it attaches the policies to
-throwaway cgroups it creates (`ebmesh-bench-*`) and removes them, with their
-programs and processes, whatever happens (exceptions, Ctrl-C, SIGTERM).
+Parts (--parts, all by default), one module each:
+    rules   compile+attach time and BPF time per connection, by policy size (this file)
+    lb      load balancing: a connect to a service VIP (bench/balancing.py)
+    mesh    no mesh / ebmesh / accelerate on / VIP / HAProxy pair / nginx pair (bench/mesh.py)
+    memory  ebmesh's maps, programs and agent for 1, 30, 300 workloads (bench/memory.py)
+    cost    issue 8's BPF time per program and connection, over empty hooks (bench/cost.py)
+
+Prints tables and the "must reach" targets (bench/goals.py), writes
+bench/results/latest.json and a chart beside it (bench/chart.py). See
+bench/README.md. Needs root: it attaches the policies to throwaway cgroups it
+creates (`ebmesh-bench-*`) and removes them, with their programs, processes
+and namespaces, whatever happens (exceptions, Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -37,12 +46,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import balancing  # noqa: E402
+import cost  # noqa: E402
+import goals  # noqa: E402
+import loadgen  # noqa: E402
+import memory  # noqa: E402
+import mesh  # noqa: E402
 import policy_gen  # noqa: E402
+from processes import Launcher  # noqa: E402
 
 import ebmesh  # noqa: E402
 from ebmesh.loader import BpfObject, MapAccess, enable_run_time_stats, program_info  # noqa: E402
 from ebmesh.runtime.cgroups import cgroup2_mount  # noqa: E402
-from tests.support import Agent, throwaway_cgroup  # noqa: E402
+from tests.support import Agent, places, throwaway_cgroup  # noqa: E402
 
 PREFIX = "ebmesh-bench-"
 DEFAULT_SIZES = (10, 10_000, 100_000)
@@ -53,6 +68,7 @@ DENIED_PORT = 9999  # no rule allows client -> server 9999: the sanity check exp
 RATIO_GOAL = 1.5  # per-connection BPF time at 100k rules / at 10 rules
 TIME_GOALS = {10_000: 3.0, 100_000: 20.0}  # cold compile+attach, seconds
 DECISION_PROGRAMS = ("ebmesh_connect4", "ebmesh_ingress")
+PARTS = ("rules", "lb", "mesh", "memory", "cost")
 
 
 def _addresses(index: int) -> tuple[str, str]:
@@ -157,6 +173,25 @@ def cache_dir(path: Path):
             os.environ.pop("EBMESH_CACHE_DIR", None)
         else:
             os.environ["EBMESH_CACHE_DIR"] = previous
+
+
+class _PartClock:
+    """Wall seconds of each part, for the JSON and the run-time budget."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, part: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = time.perf_counter() - started
+            print(f"  ({part}: {self.seconds[part]:.0f} s)", flush=True)
+
+
+PART_SECONDS = _PartClock()
 
 
 def _safe_attach_target(path: Path) -> Path:
@@ -712,7 +747,10 @@ def _parse_args(argv):
         help="comma-separated rule counts (default: %(default)s)",
     )
     parser.add_argument(
-        "--rounds", type=int, help="measurement rounds per size, median reported (default 5)"
+        "--rounds",
+        type=int,
+        help="rounds of every part, medians reported (defaults: rules 5, lb 5, mesh 3, cost 5; "
+        "--lb-rounds, --mesh-rounds, --cost-rounds set one part's)",
     )
     parser.add_argument("--connects", type=int, help="connects per round (default 3000)")
     parser.add_argument("--warmup", type=int, help="warm-up connects per size (default 500)")
@@ -738,9 +776,47 @@ def _parse_args(argv):
     parser.add_argument("--seed", type=int, default=1, help="policy generator (and weights) seed")
     parser.add_argument(
         "--parts",
-        default="rules,lb",
-        help="which parts to run: 'rules' (by policy size), 'lb' (load balancing), "
-        "comma-separated (default: %(default)s)",
+        default=",".join(PARTS),
+        help="which parts to run, comma-separated: 'rules' (by policy size), 'lb' (load "
+        "balancing), 'mesh' (against no mesh and sidecars), 'memory', 'cost' (BPF time over "
+        "the bare hooks) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mesh-configs",
+        default=",".join(mesh.CONFIGS),
+        help="configurations of the mesh part (default: %(default)s)",
+    )
+    parser.add_argument("--mesh-rounds", type=int, help="mesh part rounds (default 3)")
+    parser.add_argument(
+        "--mesh-seconds",
+        type=int,
+        help="seconds of each sockperf, iperf3 and connection-rate run (default 1; sockperf adds 2 s of its own to each)",
+    )
+    parser.add_argument(
+        "--cpu",
+        default="1",
+        help="the one CPU every process of the mesh and cost parts runs on, or 'none' "
+        "(default: %(default)s). On this VM a wake-up across CPUs costs 30-80 us and varies "
+        "from run to run, which would drown the differences measured",
+    )
+    parser.add_argument(
+        "--memory-workloads",
+        default=",".join(map(str, memory.DEFAULT_WORKLOADS)),
+        help="local workload counts of the memory part (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cost-sizes",
+        default=",".join(map(str, cost.DEFAULT_SIZES)),
+        help="rule counts of the cost part (default: %(default)s)",
+    )
+    parser.add_argument("--cost-rounds", type=int, help="cost part rounds (default 5)")
+    parser.add_argument(
+        "--cost-operations",
+        type=int,
+        help="connections or exchanges per traffic kind and round in the cost part (default 2000)",
+    )
+    parser.add_argument(
+        "--cost-warmup", type=int, help="cost part warm-up operations per kind (default 500)"
     )
     parser.add_argument(
         "--lb-backends",
@@ -755,19 +831,33 @@ def _parse_args(argv):
         "in one more configuration; 0: none (default: %(default)s)",
     )
     parser.add_argument(
-        "--lb-rounds", type=int, help="load-balancing rounds, median reported (default 7)"
+        "--lb-rounds", type=int, help="load-balancing rounds, median reported (default 5)"
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="defaults of 3 rounds of 1000 connects, 200 warm-up, one compile+attach of each kind",
+        help="a smoke run: a few seconds per configuration (rules: 3 rounds of 1000 connects, "
+        "one compile+attach of each kind; mesh: 1 round of 1 s runs; cost: 2 rounds of 300)",
     )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.parts = {part.strip() for part in args.parts.split(",") if part.strip()}
-    if not args.parts or args.parts - {"rules", "lb"}:
-        parser.error("--parts takes 'rules', 'lb' or both")
+    if not args.parts or args.parts - set(PARTS):
+        parser.error(f"--parts takes some of {', '.join(PARTS)}")
+    args.mesh_configs = [c.strip() for c in args.mesh_configs.split(",") if c.strip()]
+    if not args.mesh_configs or set(args.mesh_configs) - set(mesh.CONFIGS):
+        parser.error(f"--mesh-configs takes some of {', '.join(mesh.CONFIGS)}")
+    args.memory_workloads = [int(n) for n in args.memory_workloads.split(",") if n.strip()]
+    args.cost_sizes = [int(n) for n in args.cost_sizes.split(",") if n.strip()]
+    if min(args.memory_workloads, default=0) < 1 or min(args.cost_sizes, default=0) < 10:
+        parser.error("--memory-workloads wants counts >= 1, --cost-sizes rule counts >= 10")
+    if args.cpu == "none":
+        args.cpu = None
+    else:
+        args.cpu = int(args.cpu)
+        if args.cpu not in os.sched_getaffinity(0):
+            parser.error(f"--cpu wants one of {sorted(os.sched_getaffinity(0))}, or 'none'")
     args.lb_backends = [int(n) for n in args.lb_backends.split(",") if n.strip()]
     if not args.lb_backends or min(args.lb_backends) < 1:
         parser.error("--lb-backends wants positive backend counts")
@@ -777,18 +867,38 @@ def _parse_args(argv):
         args.pin = tuple(int(cpu) for cpu in args.pin.split(","))
         if len(args.pin) != 2 or any(cpu not in os.sched_getaffinity(0) for cpu in args.pin):
             parser.error(f"--pin wants two CPUs among {sorted(os.sched_getaffinity(0))}, or 'none'")
-    defaults = {"rounds": 5, "connects": 3000, "warmup": 500, "compile_repeats": 3, "lb_rounds": 7}
+    defaults = {
+        "rounds": 5,
+        "connects": 3000,
+        "warmup": 500,
+        "compile_repeats": 3,
+        "lb_rounds": 5,
+        "mesh_rounds": 3,
+        "mesh_seconds": 1,
+        "cost_rounds": 5,
+        "cost_operations": 2000,
+        "cost_warmup": 500,
+    }
     if args.quick:
-        defaults = {
-            "rounds": 3,
-            "connects": 1000,
-            "warmup": 200,
-            "compile_repeats": 1,
-            "lb_rounds": 3,
-        }
+        defaults.update(
+            rounds=3,
+            connects=1000,
+            warmup=200,
+            compile_repeats=1,
+            lb_rounds=3,
+            mesh_rounds=1,
+            mesh_seconds=1,
+            cost_rounds=2,
+            cost_operations=300,
+            cost_warmup=50,
+        )
+    if args.rounds is not None:  # --rounds sets every part's, unless a part's own is given
+        defaults.update(lb_rounds=args.rounds, mesh_rounds=args.rounds, cost_rounds=args.rounds)
     for name, value in defaults.items():  # explicit options win over --quick
         if getattr(args, name) is None:
             setattr(args, name, value)
+    # sockperf and iperf3 take whole seconds; the connection-rate loop (rr) takes any.
+    args.mesh_rate_seconds = 0.5 if args.quick else args.mesh_seconds
     return args
 
 
@@ -807,8 +917,15 @@ def main(argv=None) -> int:
     if not Path("/sys/kernel/btf/vmlinux").exists():
         print("bench/run.py needs kernel BTF at /sys/kernel/btf/vmlinux", file=sys.stderr)
         return 2
+    try:
+        import chart  # matplotlib: only `make bench` installs it
+    except ModuleNotFoundError as missing:
+        print(f"bench/run.py needs {missing.name}: `make bench` installs it", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
-    machine = _machine()
+    machine = dict(_machine(), run_id=places.RUN)
+    # Everything this run creates is named ebmesh-bench-RUN-*: so is what it would leave.
+    print(f"ebmesh benchmark, run {places.RUN}: parts {', '.join(sorted(args.parts))}", flush=True)
     busy = _busiest_other_processes()
     if "rules" in args.parts:
         print(
@@ -831,13 +948,13 @@ def main(argv=None) -> int:
         vmlinux_dir = Path(toolchain["vmlinux_dir"])
         # Each part removes what it attached and created before the next one starts.
         if runs:
-            with contextlib.ExitStack() as rules_stack:
+            with PART_SECONDS.timed("rules"), contextlib.ExitStack() as rules_stack:
                 for run in runs:
                     prepare_size(run, rules_stack, args, vmlinux_dir)
                 measure_datapath(runs, args)
         lb = None
         if "lb" in args.parts:
-            with contextlib.ExitStack() as lb_stack:
+            with PART_SECONDS.timed("lb"), contextlib.ExitStack() as lb_stack:
                 lb = balancing.run(
                     args,
                     lb_stack,
@@ -849,17 +966,68 @@ def main(argv=None) -> int:
         if lb is not None:
             results["balancing"] = lb
             results["all_goals_met"] = results["all_goals_met"] and lb["all_goals_met"]
+        if args.parts & {"mesh", "memory", "cost"}:
+            with contextlib.ExitStack() as tools_stack:
+                results.update(_run_tool_parts(args, tools_stack, vmlinux_dir))
     # Everything attached or created above is gone by now.
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["part_seconds"] = dict(PART_SECONDS.seconds)
+    results["must_reach"] = goals.evaluate(results)
     if runs:
         print_report(results)
     if lb is not None:
         balancing.print_report(lb)
+    if "mesh" in results:
+        mesh.print_report(results["mesh"])
+    if "memory" in results:
+        memory.print_report(results["memory"], results["memory"]["comparison"])
+    if "cost" in results:
+        cost.print_report(results["cost"])
+    goals.print_report(results["must_reach"])
     print()
-    print("All goals met." if results["all_goals_met"] else "Some goals NOT met (see 'goal met?').")
+    if runs or lb is not None:
+        print(
+            "Rule-count and load-balancing goals: "
+            + ("all met." if results["all_goals_met"] else "some NOT met (see 'goal met?').")
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")
+    picture = chart.draw(results, args.output.with_suffix(".png"))
+    if picture is not None:
+        print(f"wrote {picture}")
     return 0
+
+
+def _run_tool_parts(args, stack: contextlib.ExitStack, vmlinux_dir: Path) -> dict:
+    """The parts that run external tools: mesh, memory, cost. Each removes what it made
+    before the next starts; they share one scratch directory, rr and an object cache."""
+    work = Path(tempfile.mkdtemp(prefix=f"{PREFIX}work-"))
+    stack.callback(shutil.rmtree, work, True)
+    shutil.copytree(vmlinux_dir, work / "cache" / "vmlinux")
+    stack.enter_context(cache_dir(work / "cache"))
+    rr = loadgen.build_rr(work)
+    results = {}
+    if "mesh" in args.parts:
+        print(f"mesh: {', '.join(args.mesh_configs)}; {args.mesh_rounds} rounds", flush=True)
+        with PART_SECONDS.timed("mesh"), contextlib.ExitStack() as part:
+            launcher = Launcher(part, work, cpu=args.cpu)
+            configs = mesh.setup(args, part, launcher, rr, _safe_attach_target)
+            mesh.measure(configs, launcher, rr, args)
+            results["mesh"] = mesh.summarize(configs, args)
+    if "memory" in args.parts:
+        print(f"memory: {args.memory_workloads} workloads", flush=True)
+        with PART_SECONDS.timed("memory"), contextlib.ExitStack() as part:
+            results["memory"] = memory.run(args, Launcher(part, work), _safe_attach_target)
+        results["memory"]["comparison"] = memory.compare(results["memory"], results.get("mesh"))
+    if "cost" in args.parts:
+        print(f"cost: sizes {sorted(args.cost_sizes)}; {args.cost_rounds} rounds", flush=True)
+        with PART_SECONDS.timed("cost"), contextlib.ExitStack() as part:
+            launcher = Launcher(part, work, cpu=args.cpu)
+            configs, control = cost.setup(args, part, launcher, rr, _safe_attach_target)
+            cost.measure(configs, control, args, launcher, rr)
+            results["cost"] = cost.summarize(configs, control, args)
+    return results
 
 
 if __name__ == "__main__":
