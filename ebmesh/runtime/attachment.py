@@ -101,6 +101,10 @@ def _is_ebmesh(program_id: int) -> bool:
         return False
 
 
+# Where a mesh keeps its identity material unless told otherwise: DEFAULT_IDENTITY_ROOT/<mesh>.
+DEFAULT_IDENTITY_ROOT = Path("/var/lib/ebmesh")
+
+
 class Attachment:
     """The datapath of one policy, live on one cgroup."""
 
@@ -395,12 +399,25 @@ class Attachment:
         (every pair of workloads here that needs it is authenticated when this returns)."""
         if not image.shape.has_mtls:
             return None
-        directory = Path(self._identity_dir or f"/var/lib/ebmesh/{image.mesh}")
-        try:
-            if IdentityStore.create_if_absent(directory, image.trust_domain):
-                self._note("issuer-created", f"made the mesh's issuer in {directory} (first use)")
-        except (IdentityDirectoryError, OSError) as error:
-            raise AttachError(f"cannot make the mesh's issuer in {directory}: {error}") from None
+        if self._identity_dir is None:
+            # The mesh's own directory: its issuer is made on first use (language.md).
+            directory = DEFAULT_IDENTITY_ROOT / image.mesh
+            try:
+                if IdentityStore.create_if_absent(directory, image.trust_domain):
+                    self._note("issuer-created", f"made the mesh's issuer in {directory}")
+            except (IdentityDirectoryError, OSError) as error:
+                raise AttachError(
+                    f"cannot make the mesh's issuer in {directory}: {error}"
+                ) from None
+        else:
+            # A directory given is where the material is said to be: none there is an error.
+            directory = Path(self._identity_dir)
+            if not (directory / "bundle.pem").is_file():
+                raise AttachError(
+                    f"the policy needs mTLS and {directory} has no bundle.pem: make an issuer "
+                    f"there with `ebmesh ca init {directory}`, or put the trusted CAs in "
+                    f"{directory / 'bundle.pem'} and the SVIDs in {directory / 'svid'}/"
+                )
         here = set(self.workload_cgroups if workload_cgroups is None else workload_cgroups)
         # A declared workload whose cgroup is not here runs on another host: the
         # authenticator dials that host instead of holding the workload's SVID.

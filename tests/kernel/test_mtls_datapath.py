@@ -15,13 +15,14 @@ import errno
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 import ebmesh
 from ebmesh.errors import AttachError
 from ebmesh.mtls import IdentityStore
-from tests.support import MeshHost, pki, throwaway_netns, veth_pair
+from tests.support import MeshHost, pki, places, throwaway_netns, veth_pair
 from tests.support.places import ip
 
 pytestmark = pytest.mark.kernel
@@ -72,19 +73,22 @@ def shop(cgroup_tree, spawn):
     return root, agents
 
 
+@pytest.fixture
+def identity(tmp_path):
+    """An identity directory with the mesh's issuer (what `ebmesh ca init` makes)."""
+    return IdentityStore.create(tmp_path / "shop", TRUST_DOMAIN).directory
+
+
 def attach(root, directory, policy=POLICY):
     return ebmesh.compile(policy).attach(root, identity_dir=directory, authenticator_port=0)
 
 
-def test_local_pairs_are_authenticated_before_attach_returns(shop, tmp_path):
-    """On first use the mesh's issuer is made and every local pair the policy needs
-    has its handshake before attach() returns: the first connections pass."""
+def test_local_pairs_are_authenticated_before_attach_returns(shop, identity):
+    """Every local pair the policy needs has its handshake before attach() returns, with
+    SVIDs the issuer makes: the first connections pass."""
     root, agents = shop
-    directory = tmp_path / "shop"
-    with attach(root, directory) as attachment:
-        kinds = [n.kind for n in attachment.poll_notices()]
-        assert "issuer-created" in kinds
-        assert (directory / "ca.pem").exists() and (directory / "svid" / "web.pem").exists()
+    with attach(root, identity) as attachment:
+        assert (identity / "svid" / "web.pem").exists()
         names = attachment._image.naming.name_of
         assert {(names(p.src), names(p.dst), p.host) for p in attachment.authenticated()} == {
             ("web", "api", None),
@@ -101,14 +105,42 @@ def test_local_pairs_are_authenticated_before_attach_returns(shop, tmp_path):
         }
 
 
-def test_mtls_required_lets_in_authenticated_workloads_only(shop, spawn, tmp_path):
+def test_the_mesh_directory_gets_its_issuer_on_first_use(shop):
+    """No identity_dir: the mesh's own directory, /var/lib/ebmesh/<mesh>, and its issuer
+    are made on first use (language.md: "created on first use")."""
+    root, agents = shop
+    mesh = f"shoptest{places.RUN}"
+    directory = Path("/var/lib/ebmesh") / mesh
+    try:
+        policy = POLICY.replace("mesh shop {", f"mesh {mesh} {{")
+        with ebmesh.compile(policy).attach(root, authenticator_port=0) as attachment:
+            assert "issuer-created" in [n.kind for n in attachment.poll_notices()]
+            assert (directory / "ca.pem").exists() and (directory / "svid" / "web.pem").exists()
+            assert agents["web"].connect(API, 8080)["ok"]
+        with ebmesh.compile(policy).attach(root, authenticator_port=0) as attachment:
+            assert "issuer-created" not in [n.kind for n in attachment.poll_notices()]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_directory_given_without_identity_material_refuses_the_attach(shop, tmp_path):
+    """identity_dir says where the material is; none there is a clear error, and nothing
+    is left attached."""
+    root, agents = shop
+    with pytest.raises(AttachError, match=r"has no bundle.pem: make an issuer there with"):
+        attach(root, tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+    assert agents["web"].connect(ADMIN, 9000)["ok"]
+
+
+def test_mtls_required_lets_in_authenticated_workloads_only(shop, spawn, identity):
     """With `default allow`, every workload's pair into db (mtls required) is needed and
     made before attach() returns; a process outside the mesh never is authenticated, even
     bound to a workload's address: db's ingress drops it."""
     root, agents = shop
     policy = POLICY.replace("mesh shop {", "mesh shop {\n    default allow")
     outsider = spawn(None, name="outsider")
-    with attach(root, tmp_path / "shop", policy) as attachment:
+    with attach(root, identity, policy) as attachment:
         assert agents["admin"].connect(DB, 5432)["ok"]
         assert agents["web"].connect(DB, 5432)["ok"]
         for source in (None, API):
@@ -163,11 +195,11 @@ def test_bad_certificates_never_authenticate(shop, tmp_path, bad):
         assert refused and all(e.unauthenticated and e.src_name == "web" for e in refused)
 
 
-def test_revoke_cuts_at_once_and_a_new_svid_restores(shop, tmp_path):
+def test_revoke_cuts_at_once_and_a_new_svid_restores(shop, identity):
     """A revoked identity's pairs end at once, cached verdicts too: the next connect is
     refused; its old certificate is refused in later handshakes; a new SVID restores it."""
     root, agents = shop
-    with attach(root, tmp_path / "shop") as attachment:
+    with attach(root, identity) as attachment:
         assert agents["web"].connect(API, 8080)["ok"]
         assert attachment.revoke("web")  # by workload name
         for _ in range(10):
@@ -196,10 +228,10 @@ def test_a_pair_ends_with_its_certificates_in_the_kernel_too(shop, tmp_path):
         assert attachment.authenticated() == []
 
 
-def test_replace_authenticates_the_new_policy_before_it_enforces(shop, tmp_path):
+def test_replace_authenticates_the_new_policy_before_it_enforces(shop, identity):
     """After replace() with a new mtls rule, its pair's first connection passes."""
     root, agents = shop
-    with attach(root, tmp_path / "shop") as attachment:
+    with attach(root, identity) as attachment:
         edited = POLICY.replace("allow web -> admin port 9000/tcp", "allow web -> admin mtls")
         attachment.replace(ebmesh.compile(edited).image)
         assert agents["web"].connect(ADMIN, 9000)["ok"]
