@@ -273,7 +273,9 @@ class Attachment:
         self._authenticator = self._start_authenticator(image, self._bpf.maps)
         links = pins.pinned_links(root)
         wanted = hooks_needed(
-            image.services, recorder=RECORDER in links or spans_namespaces(self.cgroup)
+            image.services,
+            recorder=RECORDER in links or spans_namespaces(self.cgroup),
+            accelerate=image.shape.accelerate,
         )
         for name, link in links.items():
             if name in wanted:

@@ -43,7 +43,7 @@ class AttachmentNotice:
     """Something the running attachment did or saw, besides verdicts."""
 
     time: float
-    kind: str  # "cgroup-mapped" | "cgroup-removed" | "recorder-attached" | "attach-cgroup-removed"
+    kind: str  # "cgroup-mapped", "adopted", "no-svid", ...: every kind in docs/python-api.md
     message: str
     path: Path | None = None
     identity: int = 0

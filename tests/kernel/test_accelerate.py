@@ -122,3 +122,22 @@ def test_without_accelerate_nothing_takes_the_shortcut(pair):
         assert client.exchange(SERVER, 7000, [100])["intact"]
         assert "ebmesh_sockops" not in attachment.attached_programs
         assert attachment.shortcut_counters() == {"shortcut": 0, "stack": 0}
+
+
+def test_a_pinned_policy_taken_over_keeps_its_shortcut(pair):
+    """Adopting a pinned `accelerate on` policy keeps sock_ops attached and the
+    shortcut working: the adopting attachment needs the same hooks as the first."""
+    root, client, _ = pair
+    first = ebmesh.compile(policy()).attach(root, pin=True)
+    second = None
+    try:
+        first.close()  # lets go: the pins keep it enforcing
+        second = ebmesh.compile(policy()).attach(root, pin=True)
+        assert "ebmesh_sockops" in second.attached_programs
+        assert len(query_cgroup(root, AttachType.CGROUP_SOCK_OPS)) == 1
+        result = client.exchange(SERVER, 7000, [64] * 20)
+        assert result["ok"] and result["intact"], result
+        assert second.shortcut_counters()["shortcut"] > 0
+    finally:
+        (second or first).detach()  # the pinned policy, whoever holds it
+    assert query_cgroup(root, AttachType.CGROUP_SOCK_OPS) == []
