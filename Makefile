@@ -69,6 +69,7 @@ bench-setup: setup
 
 bench: bench-setup
 	@$(PY) bench/run.py
+	@$(PY) bench/mtls.py
 
 lint: setup
 	@$(PY) -m ruff check ebmesh tests bench examples

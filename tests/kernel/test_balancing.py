@@ -258,7 +258,10 @@ def test_100_replaces_fail_no_allowed_connection_and_allow_no_denied_one(farm, s
     port while the policy is replaced 100 times by an equivalent one: every
     allowed connect and exchange succeeds, every denied one is denied."""
     root, client, web, _ = farm
-    udp_client, denied_client = (spawn(root / "client", name=n) for n in ("udp", "denied"))
+    # one agent per loop: an agent answers one command at a time
+    vip_client, udp_client, denied_client = (
+        spawn(root / "client", name=n) for n in ("vip", "udp", "denied")
+    )
     web.listen("tcp", BACKENDS[0], 9999)
     text = policy(extra_rules="allow client -> web port 8080/tcp")
     images = [ebmesh.compile(text).image, ebmesh.compile(text + "\n").image]
@@ -278,7 +281,7 @@ def test_100_replaces_fail_no_allowed_connection_and_allow_no_denied_one(farm, s
             lambda: client.connect_many(BACKENDS[0], 8080, 200, source=CLIENT)["succeeded"],
             200,
         ),
-        ("vip", lambda: client.connect_many(VIP, 80, 200, source=CLIENT)["succeeded"], 200),
+        ("vip", lambda: vip_client.connect_many(VIP, 80, 200, source=CLIENT)["succeeded"], 200),
         ("udp", lambda: len(udp_client.ask_many(VIP, 53, 50, source=CLIENT)["answers"]), 50),
         (
             "denied",

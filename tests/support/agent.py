@@ -303,6 +303,28 @@ def connect(
         sock.close()
 
 
+def retry_connect(address: str, port: int, retry_after: float, within: float = 2.0) -> dict:
+    """Connect as an application that retries: again `retry_after` seconds after each
+    failure, until one passes or `within` seconds have gone. Every attempt's outcome
+    and duration, and when the first one passing started, from the first's start."""
+    attempts = []
+    started = time.monotonic()
+    while True:
+        began = time.monotonic()
+        result = connect(address, port, timeout=0.5)
+        attempts.append(
+            {
+                "at": began - started,
+                "ok": result["ok"],
+                "errno": result.get("errno"),
+                "seconds": result["seconds"],
+            }
+        )
+        if result["ok"] or time.monotonic() - started > within:
+            return {"ok": result["ok"], "attempts": attempts}
+        time.sleep(retry_after)
+
+
 def connect_many(
     address: str,
     port: int,
@@ -505,6 +527,7 @@ COMMANDS = {
     "listen": listen,
     "connect": connect,
     "connect_many": connect_many,
+    "retry_connect": retry_connect,
     "send": send,
     "ask_many": ask_many,
     "udp_peers": udp_peers,

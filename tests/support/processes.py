@@ -112,6 +112,12 @@ class Agent:
         """One UDP socket connected to each target in turn: its getpeername() after each."""
         return self.call("udp_peers", targets=[list(t) for t in targets], source=source)
 
+    def retry_connect(self, address: str, port: int, retry_after: float, within: float = 2.0):
+        """TCP connects until one passes, `retry_after` seconds apart (agent.retry_connect)."""
+        return self.call(
+            "retry_connect", address=address, port=port, retry_after=retry_after, within=within
+        )
+
     def connect_many(
         self,
         address: str,
