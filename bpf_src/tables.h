@@ -97,18 +97,25 @@ static __always_inline void fill_listener_key(struct listener_key *key, __u32 ne
 	__builtin_memcpy(key->addr, addr, 16);
 }
 
-static __always_inline __u32 listener_check(const struct listener_slot *slot)
+static __always_inline __u32 listener_key_hash(const struct listener_key *key)
 {
-	__u32 hash = mix_words(0x115e7e4u, (const __u32 *)&slot->key, WORDS(slot->key));
+	return mix_words(0x115e7e4u, (const __u32 *)key, WORDS(*key));
+}
 
-	hash = mix32(hash, (__u32)slot->cookie);
+/* The check word of a slot whose key hashes to `key_hash`: the key's hash (the
+ * one that chose the slot, so a reader whose key matches need not hash it
+ * again) carried on over the value. */
+static __always_inline __u32 listener_check(__u32 key_hash, const struct listener_slot *slot)
+{
+	__u32 hash = mix32(key_hash, (__u32)slot->cookie);
+
 	hash = mix32(hash, (__u32)(slot->cookie >> 32));
 	return mix32(hash, slot->identity);
 }
 
-static __always_inline struct listener_slot *listener_slot_of(const struct listener_key *key)
+static __always_inline struct listener_slot *listener_slot_at(__u32 key_hash)
 {
-	__u32 index = mix_words(0x115e7e4u, (const __u32 *)key, WORDS(*key)) & (LISTENER_SLOTS - 1);
+	__u32 index = key_hash & (LISTENER_SLOTS - 1);
 
 	return bpf_map_lookup_elem(&listeners, &index);
 }
@@ -116,18 +123,20 @@ static __always_inline struct listener_slot *listener_slot_of(const struct liste
 /* The listener last seen at `key`, if its entry is whole and fresh. */
 static __always_inline const struct listener_slot *known_listener(const struct listener_key *key)
 {
-	struct listener_slot *slot = listener_slot_of(key);
+	__u32 key_hash = listener_key_hash(key);
+	struct listener_slot *slot = listener_slot_at(key_hash);
 
 	if (!slot || !slot->cookie || !same_words((const __u32 *)&slot->key, (const __u32 *)key, WORDS(*key)))
 		return NULL;
-	if (slot->check != listener_check(slot) || bpf_ktime_get_ns() - slot->seen_ns > LISTENER_FRESH_NS)
+	if (slot->check != listener_check(key_hash, slot) || bpf_ktime_get_ns() - slot->seen_ns > LISTENER_FRESH_NS)
 		return NULL;
 	return slot;
 }
 
 static __always_inline void remember_listener(const struct listener_key *key, __u64 cookie, __u32 identity)
 {
-	struct listener_slot *slot = listener_slot_of(key);
+	__u32 key_hash = listener_key_hash(key);
+	struct listener_slot *slot = listener_slot_at(key_hash);
 
 	if (!slot)
 		return;
@@ -135,10 +144,12 @@ static __always_inline void remember_listener(const struct listener_key *key, __
 	slot->cookie = cookie;
 	slot->identity = identity;
 	slot->seen_ns = bpf_ktime_get_ns();
-	slot->check = listener_check(slot);
+	slot->check = listener_check(key_hash, slot);
 }
 
 /* ---- the verdict cache ------------------------------------------------------------- */
+
+#define VERDICT_HASH_SEED 0xdec1de5u
 
 /* Of the flow's flags, those decide() reads. */
 #define VERDICT_INPUT_FLAGS (FLOW_SRC_ADDRESS_KNOWN | FLOW_SRC_BY_ADDRESS | FLOW_DST_BY_ADDRESS | \
@@ -168,7 +179,7 @@ static __always_inline __u32 verdict_port_word(const struct flow *flow)
 static __always_inline __u32 verdict_hash(const struct flow *flow)
 {
 	__u32 flags = flow->flags & VERDICT_INPUT_FLAGS;
-	__u32 hash = mix32(mix32(0xdec1de5u, flow->src_identity), flow->dst_identity);
+	__u32 hash = mix32(mix32(VERDICT_HASH_SEED, flow->src_identity), flow->dst_identity);
 
 	for (int i = 0; i < 4; i++)
 		hash = mix32(hash, verdict_uses_src_addr(flags) ? flow->src_addr[i] : 0);
@@ -208,11 +219,14 @@ static __always_inline void fill_verdict_key(struct verdict_key *key, const stru
 	}
 }
 
-static __always_inline __u32 verdict_check(const struct verdict_entry *entry)
+/* The check word of an entry whose key hashes to `key_hash`, carried on over
+ * the value. verdict_hash() of a flow is mix_words() over the words of its
+ * verdict_key, seed included, so a reader whose flow matches the entry's key
+ * starts from the hash that found the slot. */
+static __always_inline __u32 verdict_check(__u32 key_hash, const struct verdict_entry *entry)
 {
-	__u32 hash = mix_words(0xdec1de5u, (const __u32 *)&entry->key, WORDS(entry->key));
+	__u32 hash = mix_words(key_hash, (const __u32 *)&entry->decision, WORDS(entry->decision));
 
-	hash = mix_words(hash, (const __u32 *)&entry->decision, WORDS(entry->decision));
 	hash = mix32(hash, entry->src_identity);
 	hash = mix32(hash, entry->dst_identity);
 	return mix32(hash, entry->auth_epoch);
@@ -237,15 +251,16 @@ static __always_inline __u32 current_auth_epoch(void)
 __noinline __u32 verdict_lookup(struct flow *flow, struct decision *out)
 {
 	struct verdict_entry *entry;
-	__u32 index;
+	__u32 key_hash, index;
 
 	if (!flow || !out)
 		return NO_VERDICT_SLOT;
-	index = verdict_hash(flow) & (VERDICT_SLOTS - 1);
+	key_hash = verdict_hash(flow);
+	index = key_hash & (VERDICT_SLOTS - 1);
 	entry = bpf_map_lookup_elem(&verdicts, &index);
 	if (!entry)
 		return NO_VERDICT_SLOT;
-	if (verdict_key_matches(&entry->key, flow) && entry->check == verdict_check(entry) &&
+	if (verdict_key_matches(&entry->key, flow) && entry->check == verdict_check(key_hash, entry) &&
 	    (!(entry->decision.flags & DECISION_NEEDS_MTLS) ||
 	     (entry->auth_epoch == current_auth_epoch() && bpf_ktime_get_ns() < entry->expires_ns))) {
 		*out = entry->decision;
@@ -268,7 +283,7 @@ __noinline int verdict_fill(__u32 index, const struct flow *flow, const struct d
 	entry->src_identity = flow->src_identity;
 	entry->dst_identity = flow->dst_identity;
 	entry->expires_ns = decision->auth_expires_ns;
-	entry->check = verdict_check(entry);
+	entry->check = verdict_check(mix_words(VERDICT_HASH_SEED, (const __u32 *)&entry->key, WORDS(entry->key)), entry);
 	return 0;
 }
 
