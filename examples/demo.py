@@ -6,15 +6,18 @@ them, the attachment) is removed at the end, even on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests.support
 
 import ebmesh  # noqa: E402
+from ebmesh.mtls import IdentityStore  # noqa: E402
 from tests.support import Agent, throwaway_cgroup  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +57,8 @@ def attempt(agents, attachment, client: str, server: str, port: int, protocol: s
             if event.rule
             else "the default (deny)"
         )
+        if event.unauthenticated:
+            why += "   [mtls: the pair is not authenticated]"
         if event.audit_rule:
             why += f"   [audit: line {event.audit_rule.line} would deny]"
     say(f"  {client:>8} -> {server:<8} {port:>5}/{protocol}  {outcome:<28} {why}")
@@ -73,6 +78,30 @@ def balance(agents, attachment, client: str, connects: int) -> None:
     attachment.poll_events(0.0)  # drop these verdicts from the stream
 
 
+def mtls(agents, attachment, compiled) -> None:
+    say("\n== mTLS: db requires authenticated peers")
+    names = compiled.image.naming.name_of
+    for pair in attachment.authenticated():
+        until = time.strftime("%H:%M", time.localtime(pair.expires_at))
+        say(
+            f"   authenticated at attach (TLS 1.3, SVIDs): {names(pair.src)} -> {names(pair.dst)}, until {until}"
+        )
+    attempt(agents, attachment, "api", "db", 5432)
+    # A process outside the mesh, bound to api's address: an address is not an identity.
+    result = agents["outside"].connect(ADDRESS["db"], 5432, source=API_BACKENDS[0], timeout=0.5)
+    outcome = "connected" if result["ok"] else errno.errorcode[result["errno"]]
+    say(
+        f"   outsider from api's address {API_BACKENDS[0]} -> db 5432/tcp  {outcome} (dropped at db's ingress)"
+    )
+    attachment.poll_events(0.0)
+    dropped = attachment.revoke("api")
+    say(f"   revoke api: {len(dropped)} pair(s) dropped at once")
+    attempt(agents, attachment, "api", "db", 5432)
+    attachment.renew("api")
+    say("   renew api: a fresh SVID, the pair authenticated again")
+    attempt(agents, attachment, "api", "db", 5432)
+
+
 def main() -> int:
     if os.geteuid() != 0:
         say("make demo attaches eBPF programs to cgroups: run it as root.")
@@ -89,7 +118,10 @@ def main() -> int:
     for program in info.programs:
         say(f"     {program.section:<20} {program.name:<18} {program.insn_count:>5} instructions")
 
-    with throwaway_cgroup(("frontend", "api", "db"), prefix="ebmesh-demo-") as root:
+    with (
+        throwaway_cgroup(("frontend", "api", "db"), prefix="ebmesh-demo-") as root,
+        contextlib.ExitStack() as stack,
+    ):
         agents = {}
         try:
             for name in ("frontend", "api", "db"):
@@ -102,7 +134,9 @@ def main() -> int:
             agents["outside"].listen("tcp", ADDRESS["mail"], 25)
 
             say(f"\n== attaching to {root}")
-            with compiled.attach(root) as attachment:
+            identity_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            IdentityStore.create(identity_dir, compiled.image.trust_domain)  # the mesh's issuer
+            with compiled.attach(root, identity_dir=identity_dir) as attachment:
                 say(
                     "   workloads: "
                     + ", ".join(
@@ -140,6 +174,8 @@ def main() -> int:
                     f"   the application sees the VIP as its peer: getpeername() = {result['peer'][0]}:{result['peer'][1]}"
                 )
                 attachment.poll_events(0.0)
+
+                mtls(agents, attachment, compiled)
 
                 say("\n== per-rule counters")
                 for count in attachment.counters().values():
