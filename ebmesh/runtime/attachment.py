@@ -17,7 +17,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ebmesh.datapath import abi
@@ -119,8 +119,11 @@ class Attachment:
         pin: bool = False,
         identity_dir=None,
         authenticator_port: int = DEFAULT_PORT,
+        progress: Callable[[str], None] | None = None,
     ):
         self.cgroup: Path = cgroups.resolve(cgroup)
+        # told "load", "map fill", "attach" as each starts (for the CLI's progress)
+        self._progress = progress or (lambda phase: None)
         cgroups.refuse_root(self.cgroup, force)
         self.forced, self.event_level, self._backend_capacity = force, events, backend_capacity
         self.pinned = pin
@@ -147,6 +150,7 @@ class Attachment:
                 self._loaded, self._index = self._load(image, workload_cgroups, shared={})
                 self._image, self.workload_cgroups = image, workload_cgroups
                 self._authenticator = self._start_authenticator(image, self._bpf.maps)
+                self._progress("attach")
                 self._attach(
                     hooks_needed(
                         image.services,
@@ -245,6 +249,7 @@ class Attachment:
             backend_capacity=self._backend_capacity,
             cgroup_slots=self._cgroup_slots,
             shared_maps=shared,
+            progress=self._progress,
         )
         try:
             declared = {w.identity: self.cgroup / w.cgroup for w in image.local_workloads}
