@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 from ebmesh import cli_json
+from ebmesh.cli_completion import directory, policy_file
 from ebmesh.cli_input import STDIN, FileChange, FileWatch, read_policy
 from ebmesh.cli_output import OutputError, same_file, write_output
 from ebmesh.cli_progress import PhaseProgress
 from ebmesh.cli_style import (
+    ALLOW_STYLE,
     HEADER_STYLE,
     Style,
     add_global_flags,
@@ -86,7 +88,8 @@ def cmd_check(args) -> int:
         print_json(cli_json.check(policy.name, mesh))
         return EXIT_OK
     print(
-        f"{policy.name}: ok (mesh {mesh.name.value}: {plural(len(mesh.workloads), 'workload')}, "
+        f"{policy.name}: {style.paint('ok', ALLOW_STYLE)} (mesh {mesh.name.value}: "
+        f"{plural(len(mesh.workloads), 'workload')}, "
         f"{plural(len(mesh.services), 'service')}, {plural(len(mesh.rules), 'rule')})"
     )
     return EXIT_OK
@@ -156,7 +159,7 @@ def cmd_compile(args) -> int:
     output = _object_path(args)
     policy = read_policy(args.file)
     _check_outputs(args, policy.identity, output)
-    progress = PhaseProgress.for_style(f"compiling {policy.name}", style)
+    progress = PhaseProgress.for_style(f"compiling {Path(policy.name).name}", style)
     try:
         compiled = _compile(policy, progress.phase)
     finally:
@@ -242,7 +245,7 @@ def cmd_apply(args) -> int:
     def request_reload(signum, frame):
         stop["reload"] = True
 
-    progress = PhaseProgress.for_style(f"applying {name}", style)
+    progress = PhaseProgress.for_style(f"applying {Path(name).name}", style)
     try:
         compiled = _compile(policy, progress.phase)
         attachment = compiled.attach(cgroup, progress=progress.phase, **_attach_options(args))
@@ -433,8 +436,6 @@ POLICY_FILE_HELP = "the policy file, or - to read it from stdin"
 
 
 def _policy_file(parser: argparse.ArgumentParser, help_text: str = POLICY_FILE_HELP) -> None:
-    from ebmesh.cli_completion import policy_file
-
     policy_file(parser.add_argument("file", help=help_text))
 
 
@@ -501,12 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin links and maps under /sys/fs/bpf/ebmesh/MESH, so that the policy stays "
         "when apply ends (remove it with ebmesh detach); default --no-pin: Ctrl-C detaches",
     )
-    apply.add_argument(
+    identity_dir = apply.add_argument(
         "--identity-dir",
         metavar="DIR",
         help="with mtls: the identity directory (default /var/lib/ebmesh/MESH, its issuer "
         "made on first use)",
     )
+    directory(identity_dir)
     apply.add_argument(
         "--authenticator-port",
         type=_port,
