@@ -440,8 +440,8 @@ def _policy_file(parser: argparse.ArgumentParser, help_text: str = POLICY_FILE_H
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"a port from 1 to 65535, not {text!r}")
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port from 0 (any free one) to 65535, not {text!r}")
     return int(text)
 
 
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--authenticator-port",
         type=_port,
         metavar="N",
-        help="with mtls: the TCP port the authenticator listens on (default 4250)",
+        help="with mtls: the TCP port the authenticator listens on (default 4250; 0: any free one)",
     )
     apply.set_defaults(run=cmd_apply)
 

@@ -125,6 +125,8 @@ class Attachment:
         # told "load", "map fill", "attach" as each starts (for the CLI's progress)
         self._progress = progress or (lambda phase: None)
         cgroups.refuse_root(self.cgroup, force)
+        # kept: the record is found by it even once the cgroup is removed
+        self._cgroup_id = cgroups.cgroup_id(self.cgroup)
         self.forced, self.event_level, self._backend_capacity = force, events, backend_capacity
         self.pinned = pin
         self._links: dict[str, BpfLink] = {}
@@ -244,7 +246,7 @@ class Attachment:
                 *hooks_needed(image.services, recorder=True, accelerate=image.shape.accelerate),
             )
             + ((SHORTCUT,) if image.shape.accelerate else ()),
-            attach_cgroup_id=cgroups.cgroup_id(self.cgroup),
+            attach_cgroup_id=self._cgroup_id,
             events=self.event_level,
             backend_capacity=self._backend_capacity,
             cgroup_slots=self._cgroup_slots,
@@ -307,7 +309,7 @@ class Attachment:
                 since=self._since,
                 mesh=self._image.mesh,
                 cgroup=str(self.cgroup),
-                cgroup_id=cgroups.cgroup_id(self.cgroup),
+                cgroup_id=self._cgroup_id,
                 pinned=self.pinned,
                 digest=self._image.digest,
                 rules=self._image.rule_count,
@@ -563,7 +565,7 @@ class Attachment:
         for link in reversed(list(links.values())):
             link.detach()  # detaches even a link something else still holds
         if links:
-            registry.remove(cgroups.cgroup_id(self.cgroup))
+            registry.remove(self._cgroup_id)
         if self.pinned and getattr(self, "_image", None) is not None:
             pins.remove(registry.pin_dir(self._image.mesh))
 
