@@ -44,7 +44,7 @@ def _clang() -> dict | None:
 
 
 def _libbpf() -> dict:
-    from ebmesh.loader.libbpf import LIBBPF_SONAME, libbpf_version
+    from ebmesh.loader import LIBBPF_SONAME, libbpf_version
 
     try:
         major, minor = libbpf_version()

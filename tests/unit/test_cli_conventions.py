@@ -14,6 +14,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,9 +27,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ANY_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def in_a_terminal(*arguments, env: dict | None = None, timeout: float = 180) -> tuple[int, str]:
+def in_a_terminal(
+    *arguments, env: dict | None = None, timeout: float = 180, interrupt_after: str | None = None
+) -> tuple[int, str]:
     """`ebmesh ARGS...` with stdin, stdout and stderr on a fresh pseudo-terminal:
-    (exit status, everything it wrote there, CRLF as the terminal made it)."""
+    (exit status, everything it wrote there, CRLF as the terminal made it).
+    `interrupt_after`: SIGINT it once its output holds this text (for `apply`)."""
     environment = {**os.environ, "TERM": "xterm-256color", **(env or {})}
     environment.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
     environment.pop("FORCE_COLOR", None)
@@ -54,6 +58,9 @@ def in_a_terminal(*arguments, env: dict | None = None, timeout: float = 180) -> 
             if not chunk:
                 break
             output += chunk
+            if interrupt_after and interrupt_after.encode() in output:
+                os.kill(pid, signal.SIGINT)
+                interrupt_after = None
         else:
             os.kill(pid, 9)
             pytest.fail(f"ebmesh {arguments} did not end within {timeout}s: {output!r}")
@@ -480,3 +487,36 @@ def test_explain_colours_the_verdict_on_a_terminal(root):
         "explain", SHOP, "--from", "api", "--to", "10.0.4.1:22/tcp", env={"NO_COLOR": "1"}
     )
     assert status == 1 and "\x1b" not in output and output.startswith("DENY ")
+
+
+@pytest.mark.kernel
+def test_a_long_apply_shows_compile_and_attach_progress_on_a_terminal(cgroup_tree, slow_policy):
+    policy, env = slow_policy
+    root = cgroup_tree("a")
+    status, output = in_a_terminal(
+        "apply",
+        policy,
+        "--cgroup",
+        root,
+        "--events",
+        "none",
+        env=env,
+        interrupt_after="attached to",
+    )
+    assert status == 0, output
+    plain = ANY_ESCAPE.sub("", output)
+    summary = re.search(r"ebmesh: applying big\.mesh in (\d+\.\d\d)s \((.*)\)", plain)
+    assert summary, output
+    phases = [part.rsplit(" ", 1)[0] for part in summary.group(2).split(", ")]
+    assert phases == [
+        "parse and check",
+        "lower to IR",
+        "build tables",
+        "clang",
+        "encode maps",
+        "load (verifier)",
+        "map fill",
+        "attach",
+    ]
+    assert plain.index("applying big.mesh in") < plain.index("attached to")
+    assert f"detaching from {root}" in plain
