@@ -32,6 +32,12 @@ setup(
         # mTLS (ebmesh/mtls): keys and X.509 SVIDs. Tested with 50.0.2; 43 is the first
         # with the not_valid_*_utc and verify_directly_issued_by APIs used there.
         "cryptography>=43,<51",
+        # The CLI's colour, status table and progress (ebmesh/cli_style.py, cli_progress.py);
+        # tested with 15.0.0, whose Console, Table, Progress and Style APIs date from 13.
+        "rich>=13,<16",
+        # `ebmesh completion bash|zsh` from the argparse parser (ebmesh/cli_completion.py);
+        # tested with 1.13.0 (shtab.complete and shtab.FILE are 1.x API).
+        "shtab>=1.7,<2",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],

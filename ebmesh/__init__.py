@@ -21,13 +21,14 @@ from ebmesh.errors import (
 __version__ = "0.1.0"
 
 
-def compile(policy, *, filename="<policy>"):  # noqa: A001 - the API's name
+def compile(policy, *, filename="<policy>", progress=None):  # noqa: A001 - the API's name
     """Compile a policy (text, a pathlib.Path, or a parsed PolicyFile) to a CompiledPolicy.
 
-    `filename` names policy text in diagnostics."""
+    `filename` names policy text in diagnostics; `progress(phase)` is called as
+    each phase starts (ebmesh.compiler.PHASES)."""
     from ebmesh.compiler import compile as _compile
 
-    return _compile(policy, filename=filename)
+    return _compile(policy, filename=filename, progress=progress)
 
 
 def __getattr__(name):

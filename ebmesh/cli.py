@@ -1,9 +1,10 @@
 """The `ebmesh` command: check, compile, apply and explain policies.
 
-Exit codes: 0 ok, 1 the policy has errors, 2 usage or environment errors
-(no clang, not root, no BTF, a kernel refusal, a policy file that cannot be
-read), each with what to do; 141 (128 + SIGPIPE), quietly, when the reader of
-its output went away.
+Exit codes: 0 ok, 1 the policy has errors (and `explain`'s verdict is deny,
+as `kubectl auth can-i` says no), 2 usage or environment errors (no clang,
+not root, no BTF, a kernel refusal, a policy file that cannot be read), each
+with what to do; 141 (128 + SIGPIPE), quietly, when the reader of its output
+went away. How it prints (-o, colour, -q/-v) is ebmesh/cli_style.py's.
 """
 
 from __future__ import annotations
@@ -16,11 +17,24 @@ import sys
 import time
 from pathlib import Path
 
+from ebmesh import cli_json
+from ebmesh.cli_completion import directory, policy_file
 from ebmesh.cli_input import STDIN, FileChange, FileWatch, read_policy
 from ebmesh.cli_output import OutputError, same_file, write_output
+from ebmesh.cli_progress import PhaseProgress
+from ebmesh.cli_style import (
+    ALLOW_STYLE,
+    HEADER_STYLE,
+    Style,
+    add_global_flags,
+    add_output_flag,
+    object_or_format,
+    print_json,
+)
 from ebmesh.errors import EbmeshError, EnvironmentProblem, PolicyError
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
+EXIT_DENIED = 1  # `explain`'s verdict is deny (kubectl auth can-i's "no")
 EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what a shell reports for `cat` killed by SIGPIPE
 
 
@@ -44,32 +58,50 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _compile(policy):
+def _compile(policy, progress=None):
     """The compiled policy of a `cli_input.PolicyInput`."""
     import ebmesh
     from ebmesh.language.loading import decode
 
-    return ebmesh.compile(decode(policy.data, policy.name), filename=policy.name)
+    return ebmesh.compile(decode(policy.data, policy.name), filename=policy.name, progress=progress)
+
+
+def _tell_timings(style: Style, compiled) -> None:
+    """-v: what each phase of the compile took."""
+    for phase, seconds in compiled.timings.items():
+        style.detail(f"{phase}: {seconds * 1000:.1f} ms")
 
 
 def cmd_check(args) -> int:
     from ebmesh import language
     from ebmesh.language.loading import decode
 
+    style = Style.from_args(args)
     policy = read_policy(args.file)
-    mesh = language.load(decode(policy.data, policy.name), filename=policy.name).mesh
+    try:
+        mesh = language.load(decode(policy.data, policy.name), filename=policy.name).mesh
+    except PolicyError as error:
+        if style.json:
+            print_json(cli_json.check_failed(policy.name, error))
+        raise
+    if style.json:
+        print_json(cli_json.check(policy.name, mesh))
+        return EXIT_OK
     print(
-        f"{policy.name}: ok (mesh {mesh.name.value}: {plural(len(mesh.workloads), 'workload')}, "
+        f"{policy.name}: {style.paint('ok', ALLOW_STYLE)} (mesh {mesh.name.value}: "
+        f"{plural(len(mesh.workloads), 'workload')}, "
         f"{plural(len(mesh.services), 'service')}, {plural(len(mesh.rules), 'rule')})"
     )
     return EXIT_OK
 
 
 def _object_path(args) -> Path:
-    if args.output:
-        return Path(args.output)
+    if args.object:
+        return Path(args.object)
     if args.file == STDIN:
-        raise UsageError("the policy comes from stdin (-): name the object to write with -o")
+        raise UsageError(
+            "the policy comes from stdin (-): name the object to write with --object FILE"
+        )
     return Path(args.file).with_suffix(".o")
 
 
@@ -80,9 +112,13 @@ def _check_outputs(args, identity, output: Path) -> None:
 
     if same_file(output, identity):
         given = (
-            f"-o {args.output}" if args.output else f"the default output {output} (FILE with .o)"
+            f"--object {args.object}"
+            if args.object
+            else f"the default output {output} (FILE with .o)"
         )
-        raise UsageError(f"{given} is the policy file itself; write the object elsewhere with -o")
+        raise UsageError(
+            f"{given} is the policy file itself; write the object elsewhere with --object"
+        )
     if args.emit_c in (None, "-"):
         return
     directory = Path(args.emit_c)
@@ -99,54 +135,92 @@ def _check_outputs(args, identity, output: Path) -> None:
             )
         if os.path.realpath(generated) == os.path.realpath(output):
             raise UsageError(
-                f"-o {args.output} and --emit-c {args.emit_c} would both write {generated}"
+                f"--object {args.object} and --emit-c {args.emit_c} would both write {generated}"
             )
 
 
-def _emit_c(directory: Path, sources: dict[str, str]) -> None:
+def _emit_c(style: Style, directory: Path, sources: dict[str, str]) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot make the directory {directory}: {error.strerror}") from None
     for name, text in sources.items():
         write_output(directory / name, text.encode())
-    print(f"wrote {', '.join(sorted(sources))} to {directory}", file=sys.stderr)
+    style.info(f"wrote {', '.join(sorted(sources))} to {directory}", prefix=False)
 
 
 def cmd_compile(args) -> int:
+    style = Style.from_args(args)
+    if style.json and args.emit_c == "-":
+        raise UsageError(
+            "--emit-c without DIR prints C on stdout, where -o json prints JSON: "
+            "give --emit-c a directory"
+        )
     output = _object_path(args)
     policy = read_policy(args.file)
     _check_outputs(args, policy.identity, output)
-    compiled = _compile(policy)
+    progress = PhaseProgress.for_style(f"compiling {Path(policy.name).name}", style)
+    try:
+        compiled = _compile(policy, progress.phase)
+    finally:
+        summary = progress.finish()
     # Files first, stdout last: a reader of stdout that goes away (`| head`) loses no file.
     if args.emit_c not in (None, "-"):
-        _emit_c(Path(args.emit_c), compiled.sources)
+        _emit_c(style, Path(args.emit_c), compiled.sources)
     write_output(output, compiled.object_bytes)
-    print(
+    if summary:
+        style.info(summary)
+    style.info(
         f"{policy.name}: compiled to {output} ({len(compiled.object_bytes)} bytes, "
         f"{'cached' if compiled.build.cache_hit else 'built'}; "
         f"{sum(compiled.timings.values()):.2f}s)",
-        file=sys.stderr,
+        prefix=False,
     )
+    _tell_timings(style, compiled)
+    inspected = compiled.inspect() if args.inspect else None
+    if style.json:
+        print_json(cli_json.compiled(policy.name, output, compiled, inspected))
+        return EXIT_OK
     if args.emit_c == "-":
         sys.stdout.write(compiled.generated_header)
-    if args.inspect:
-        print(compiled.inspect().describe())
+    if inspected is not None:
+        print(inspected.describe())
     return EXIT_OK
 
 
-def _print_counters(attachment) -> None:
+def _print_counters(style: Style, attachment) -> None:
     for count in attachment.counters().values():
         if count.decided or count.audited:
             where = f"rule {count.rule_id} ({count.rule})" if count.rule else "default"
-            print(f"  {where}: decided {count.decided}, audited {count.audited}", file=sys.stderr)
+            style.info(f"  {where}: decided {count.decided}, audited {count.audited}", prefix=False)
     for service, backends in attachment.backend_counters().items():
         spread = ", ".join(f"{backend} {connections}" for backend, connections in backends.items())
-        print(f"  {service}: {spread or 'no backends'}", file=sys.stderr)
+        style.info(f"  {service}: {spread or 'no backends'}", prefix=False)
 
 
-def _say(message: str) -> None:
-    print(f"ebmesh: {message}", file=sys.stderr, flush=True)
+class AttachCgroupRemoved(EbmeshError):
+    """The cgroup `apply` attached to was removed: nothing is left to enforce."""
+
+
+def _tell_notices(style: Style, attachment) -> None:
+    """The attachment's notices (mTLS pairs authenticated or refused, cgroups mapped,
+    workloads elsewhere, ...) as `ebmesh: KIND: message` lines."""
+    for notice in attachment.poll_notices():
+        if notice.kind == "attach-cgroup-removed":
+            raise AttachCgroupRemoved(
+                f"{notice.message}: nothing is left to enforce, so apply ends "
+                "(make the cgroup again and run apply again)"
+            )
+        style.info(f"{notice.kind}: {notice.message}")
+
+
+def _attach_options(args) -> dict:
+    options = {"force": args.force, "events": args.events, "pin": args.pin}
+    if args.identity_dir is not None:
+        options["identity_dir"] = Path(args.identity_dir)
+    if args.authenticator_port is not None:
+        options["authenticator_port"] = args.authenticator_port
+    return options
 
 
 def cmd_apply(args) -> int:
@@ -154,6 +228,7 @@ def cmd_apply(args) -> int:
     from ebmesh.live import bring_up_to_date
     from ebmesh.runtime import cgroups
 
+    style = Style.from_args(args)
     cgroup = cgroups.resolve(args.cgroup)
     cgroups.refuse_root(cgroup, args.force, how_to_force="pass --force")
     # Watched from before the first read, so that an edit made meanwhile is seen.
@@ -162,7 +237,6 @@ def cmd_apply(args) -> int:
     if policy.path is None:
         watch = None  # stdin or a FIFO: read once, and never again
     name = policy.name
-    compiled = _compile(policy)
     stop = {"requested": False, "reload": False}
 
     def request_stop(signum, frame):
@@ -171,65 +245,95 @@ def cmd_apply(args) -> int:
     def request_reload(signum, frame):
         stop["reload"] = True
 
-    attachment = compiled.attach(cgroup, force=args.force, events=args.events)
+    progress = PhaseProgress.for_style(f"applying {Path(name).name}", style)
+    try:
+        compiled = _compile(policy, progress.phase)
+        attachment = compiled.attach(cgroup, progress=progress.phase, **_attach_options(args))
+    finally:
+        summary = progress.finish()
     # Only once attached: a refused attach must not leave these signals swallowed.
     previous = {
         sig: signal.signal(sig, handler)
         for sig, handler in ((signal.SIGTERM, request_stop), (signal.SIGHUP, request_reload))
     }
+    status = EXIT_OK
     try:
+        if summary:
+            style.info(summary)
+        _tell_timings(style, compiled)
         how = "editing the file (or SIGHUP) applies it" if args.watch else "SIGHUP applies edits"
-        _say(
-            f"{name} attached to {attachment.cgroup}; Ctrl-C detaches"
+        ending = "Ctrl-C leaves it pinned" if args.pin else "Ctrl-C detaches"
+        style.info(
+            f"{name} attached to {attachment.cgroup}"
+            + (" (pinned)" if args.pin else "")
+            + f"; {ending}"
             + (f", {how}" if watch else "")
         )
         while not stop["requested"]:
+            _tell_notices(style, attachment)
             for event in attachment.poll_events(0.2):
-                print(event, flush=True)
+                print(style.verdict(str(event), event_verdict(event)), flush=True)
             change = watch.poll() if watch and args.watch else None
             if change is FileChange.GONE:
-                _say(
+                style.info(
                     f"{name} is gone (deleted, or being replaced); the running policy "
                     "stays, and the file is applied when it comes back"
                 )
                 continue
             if change is FileChange.BACK:
-                _say(f"{name} is back")
+                style.info(f"{name} is back")
             if not (change or stop["reload"]):
                 continue
             stop["reload"] = False
             if watch is None:
-                _say(f"{name} cannot be read again; the running policy stays")
+                style.info(f"{name} cannot be read again; the running policy stays")
                 continue
             if not watch.present:
-                _say(f"{name} is missing; the running policy stays")
+                style.info(f"{name} is missing; the running policy stays")
                 continue
             try:
                 edited = _compile(read_policy(args.file))
                 what = bring_up_to_date(attachment, compiled, edited)
             except PolicyError as error:
                 print(error.render(), file=sys.stderr)
-                _say(f"{name} has errors; the running policy stays")
+                style.error(f"{name} has errors; the running policy stays")
                 continue
             except EbmeshError as error:  # e.g. a new workload's cgroup does not exist yet
                 if not watch.present:
                     continue  # it went while being read: the next poll says so
-                _say(f"{error}\nebmesh: {name} cannot be applied; the running policy stays")
+                style.error(f"{error}\nebmesh: {name} cannot be applied; the running policy stays")
                 continue
             compiled = edited
-            _say(f"{name} changed: {what}")
-            _print_counters(attachment)
+            style.info(f"{name} changed: {what}")
+            _tell_timings(style, compiled)
+            _print_counters(style, attachment)
     except KeyboardInterrupt:
         pass
+    except AttachCgroupRemoved as gone:
+        style.error(str(gone))
+        status = EXIT_USAGE
     finally:
+        stays = args.pin and status == EXIT_OK
         try:
-            print(f"ebmesh: detaching from {attachment.cgroup}", file=sys.stderr)
-            _print_counters(attachment)
-        finally:  # detach whatever happened reading the counters
-            attachment.detach()
+            if not stays:
+                style.info(f"detaching from {attachment.cgroup}")
+            _print_counters(style, attachment)
+        finally:  # detach (or let go of a pinned one) whatever happened reading the counters
+            if stays:
+                attachment.close()
+                style.info(
+                    f"{compiled.policy.name} stays pinned on {attachment.cgroup}; remove it "
+                    f"with ebmesh detach --cgroup {attachment.cgroup}"
+                )
+            else:
+                attachment.detach()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return EXIT_OK
+    return status
+
+
+def event_verdict(event) -> str:
+    return event.verdict
 
 
 _DESTINATION = re.compile(
@@ -261,32 +365,62 @@ def cmd_explain(args) -> int:
             )
         port, protocol = service.port, service.protocol.label
     source = None if args.source == "-" else args.source
+    style = Style.from_args(args)
     with compiled:
         evaluation = compiled.evaluate(
             source, destination, port, protocol, source_address=args.from_address
         )
-    print(evaluation)
-    return EXIT_OK
+    if style.json:
+        print_json(cli_json.explained(evaluation, destination, port, protocol))
+    else:
+        print(style.verdict(str(evaluation), evaluation.verdict))
+    # As `kubectl auth can-i`: a script asks `if ebmesh explain ...; then`. A policy
+    # error is 1 too, but prints nothing on stdout: stdout tells the two apart.
+    return EXIT_OK if evaluation.allowed else EXIT_DENIED
 
 
-def cmd_status(args) -> int:
-    _require_root("ebmesh status")
-    from ebmesh.runtime.status import attachments
-
-    found = attachments()
-    if not found:
-        print("no ebmesh attachment on this machine")
-        return EXIT_OK
-    print(f"{'CGROUP':<44} {'MESH':<16} {'HELD':<16} {'RULES':>7}  {'SINCE':<19} PROGRAMS")
+def _status_rows(found) -> list[tuple[str, ...]]:
+    rows = []
     for status in found:
         held = "pinned" if status.pinned else f"pid {status.pid}"
         if status.pinned and status.agent_alive:
             held += f" +{status.pid}"
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.since))
         programs = ",".join(p.removeprefix("ebmesh_") for p in status.programs)
-        print(
-            f"{status.cgroup:<44} {status.mesh:<16} {held:<16} {status.rules:>7}  {since:<19} {programs}"
-        )
+        rows.append((status.cgroup, status.mesh, held, str(status.rules), since, programs))
+    return rows
+
+
+STATUS_COLUMNS = ("CGROUP", "MESH", "HELD", "RULES", "SINCE", "PROGRAMS")
+
+
+def cmd_status(args) -> int:
+    _require_root("ebmesh status")
+    from ebmesh.runtime.status import attachments
+
+    style = Style.from_args(args)
+    found = attachments()
+    if style.json:
+        print_json(cli_json.status(found))
+        return EXIT_OK
+    if not found:
+        print("no ebmesh attachment on this machine")
+        return EXIT_OK
+    rows = _status_rows(found)
+    if style.colour_out:  # a terminal: rich's table (a pipe gets the plain columns below)
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, header_style=HEADER_STYLE, pad_edge=False)
+        for column in STATUS_COLUMNS:
+            table.add_column(column, justify="right" if column == "RULES" else "left")
+        for row in rows:
+            table.add_row(*row)
+        style.console().print(table)
+        return EXIT_OK
+    print(f"{'CGROUP':<44} {'MESH':<16} {'HELD':<16} {'RULES':>7}  {'SINCE':<19} PROGRAMS")
+    for cgroup, mesh, held, rules, since, programs in rows:
+        print(f"{cgroup:<44} {mesh:<16} {held:<16} {rules:>7}  {since:<19} {programs}")
     return EXIT_OK
 
 
@@ -301,21 +435,39 @@ def cmd_detach(args) -> int:
 POLICY_FILE_HELP = "the policy file, or - to read it from stdin"
 
 
+def _policy_file(parser: argparse.ArgumentParser, help_text: str = POLICY_FILE_HELP) -> None:
+    policy_file(parser.add_argument("file", help=help_text))
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port from 0 (any free one) to 65535, not {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ebmesh.cli_version import package_version
+
     parser = argparse.ArgumentParser(
         prog="ebmesh", description="A sidecar-free service mesh compiled to eBPF."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"ebmesh {package_version()}")
+    add_global_flags(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="check a policy and report every error")
-    check.add_argument("file", help=POLICY_FILE_HELP)
+    _policy_file(check)
+    add_output_flag(check)
     check.set_defaults(run=cmd_check)
 
     compile_ = commands.add_parser("compile", help="compile a policy to a BPF object")
-    compile_.add_argument("file", help=POLICY_FILE_HELP)
+    _policy_file(compile_)
     compile_.add_argument(
-        "-o", "--output", help="object file to write (default: FILE with .o; needed for -)"
+        "--object",
+        metavar="FILE",
+        help="object file to write (default: the policy FILE with .o; needed for -)",
     )
+    add_output_flag(compile_, kind=object_or_format)
     compile_.add_argument(
         "--emit-c",
         nargs="?",
@@ -331,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply = commands.add_parser(
         "apply", help="attach a policy to a cgroup and print verdicts until Ctrl-C"
     )
-    apply.add_argument("file", help=POLICY_FILE_HELP + " (read once: not watched)")
+    _policy_file(apply, POLICY_FILE_HELP + " (read once: not watched)")
     apply.add_argument(
         "--cgroup", required=True, help="cgroup v2 directory (absolute or relative to the mount)"
     )
@@ -343,12 +495,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not re-read the file when it changes (SIGHUP still does)",
     )
+    apply.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="pin links and maps under /sys/fs/bpf/ebmesh/MESH, so that the policy stays "
+        "when apply ends (remove it with ebmesh detach); default --no-pin: Ctrl-C detaches",
+    )
+    identity_dir = apply.add_argument(
+        "--identity-dir",
+        metavar="DIR",
+        help="with mtls: the identity directory (default /var/lib/ebmesh/MESH, its issuer "
+        "made on first use)",
+    )
+    directory(identity_dir)
+    apply.add_argument(
+        "--authenticator-port",
+        type=_port,
+        metavar="N",
+        help="with mtls: the TCP port the authenticator listens on (default 4250; 0: any free one)",
+    )
     apply.set_defaults(run=cmd_apply)
 
     explain = commands.add_parser(
-        "explain", help="the kernel's verdict for one flow, and the rule behind it"
+        "explain",
+        help="the kernel's verdict for one flow, and the rule behind it (exit 0 allow, 1 deny)",
     )
-    explain.add_argument("file", help=POLICY_FILE_HELP)
+    _policy_file(explain)
     explain.add_argument(
         "--from",
         dest="source",
@@ -359,11 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--to", required=True, help="ADDR:PORT/PROTO, NAME:PORT/PROTO, or a service name"
     )
+    add_output_flag(explain)
     explain.set_defaults(run=cmd_explain)
 
     status = commands.add_parser(
         "status", help="every ebmesh attachment on this machine, pinned or held by a process"
     )
+    add_output_flag(status)
     status.set_defaults(run=cmd_status)
 
     detach = commands.add_parser(
@@ -372,20 +547,64 @@ def build_parser() -> argparse.ArgumentParser:
     detach.add_argument("--cgroup", required=True, help="cgroup v2 directory")
     detach.set_defaults(run=cmd_detach)
 
-    from ebmesh import cli_ca  # the `ca` group: its own module
+    # Command groups of their own modules.
+    from ebmesh import cli_ca, cli_completion, cli_version
 
     cli_ca.add_commands(commands)
-    for command in commands.choices.values():  # a mistake is told with its command's usage
-        command.set_defaults(usage=command)
+    cli_version.add_commands(commands)
+    cli_completion.add_commands(commands)
+    _finish(parser)
     return parser
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every command, however deep and whichever module added it: the global flags
+    again, and its usage for its mistakes."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for command in action.choices.values():
+            if not any(o.dest == "quiet" for o in command._actions):
+                add_global_flags(command, top=False)
+            command.set_defaults(usage=command)
+            _finish(command)
+
+
+def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _suggest_command(parser: argparse.ArgumentParser, given: list[str]) -> None:
+    """`ebmesh chek` -> `did you mean 'check'?` (exit 2 with the usage), like git and
+    kubectl. Only options without values come before a command, so the first word
+    that is not an option is the command, at each level (`ebmesh ca shwo`)."""
+    for word in given:
+        if word == "--":
+            return
+        if word.startswith("-"):
+            continue
+        commands = _commands_of(parser)
+        if not commands:
+            return
+        if word in commands:
+            parser = commands[word]
+            continue
+        from ebmesh.language.suggest import did_you_mean  # only for a mistake: it is not light
+
+        suggestion = did_you_mean(word, commands)
+        if suggestion:
+            parser.error(f"unknown command {word!r}: {suggestion}")
+        return
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None):
     """`parse_args`, except that what a command does not know is told with that
     command's usage (argparse leaves extra arguments to the top-level parser)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    _suggest_command(parser, given)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        given = list(sys.argv[1:] if argv is None else argv)
         before_command = (
             unknown[0] in given
             and args.command in given

@@ -10,6 +10,9 @@ import datetime
 import time
 from pathlib import Path
 
+from ebmesh import cli_json
+from ebmesh.cli_completion import directory
+from ebmesh.cli_style import Style, add_output_flag, print_json
 from ebmesh.mtls import IdentityDirectoryError, IdentityStore
 from ebmesh.mtls.certificates import KEY_TYPES
 
@@ -22,7 +25,7 @@ def add_commands(commands) -> None:
     init = group.add_parser(
         "init", help="create an issuer (ca.pem, ca.key) in DIR and add it to DIR/bundle.pem"
     )
-    init.add_argument("directory", metavar="DIR")
+    directory(init.add_argument("directory", metavar="DIR"))
     init.add_argument(
         "--trust-domain",
         help="SPIFFE trust domain (default: DIR's name, which is the mesh's name in "
@@ -30,10 +33,12 @@ def add_commands(commands) -> None:
     )
     init.add_argument("--key-type", choices=KEY_TYPES, default="ecdsa-p256")
     init.add_argument("--days", type=_positive, default=365, help="the CA's lifetime (default 365)")
+    add_output_flag(init)
     init.set_defaults(run=cmd_init)
 
     show = group.add_parser("show", help="list DIR's CAs, issuer and SVIDs with their expiries")
-    show.add_argument("directory", metavar="DIR")
+    directory(show.add_argument("directory", metavar="DIR"))
+    add_output_flag(show)
     show.set_defaults(run=cmd_show)
 
 
@@ -55,6 +60,17 @@ def cmd_init(args) -> int:
         directory, trust_domain, key_type=args.key_type, ca_lifetime=args.days * 86400.0
     )
     issuer = store.issuer()
+    if Style.from_args(args).json:
+        print_json(
+            cli_json.ca_created(
+                directory,
+                trust_domain,
+                args.key_type,
+                store.inventory().issuer,
+                len(store.bundle()),
+            )
+        )
+        return 0
     print(
         f"{directory}: issuer for spiffe://{trust_domain} ({args.key_type}), "
         f"expires {_when(issuer.not_after)}; bundle.pem holds {len(store.bundle())} CA(s)"
@@ -70,6 +86,9 @@ def _valid_trust_domain(text: str) -> bool:
 
 def cmd_show(args) -> int:
     inventory = IdentityStore(args.directory).inventory()
+    if Style.from_args(args).json:
+        print_json(cli_json.ca_inventory(inventory))
+        return 0
     now = time.time()
     print(f"{inventory.directory}")
     rows = [("trusted", c) for c in inventory.bundle]

@@ -62,6 +62,7 @@ class CompiledPolicy:
         pin: bool = False,
         identity_dir=None,
         authenticator_port: int | None = None,
+        progress=None,
     ) -> Attachment:
         """Attach to a cgroup v2 directory (absolute, or relative to the cgroup2 mount).
 
@@ -79,6 +80,7 @@ class CompiledPolicy:
         (default /var/lib/ebmesh/<mesh>/: bundle.pem, maybe ca.pem/ca.key, svid/);
         the authenticator listens on `authenticator_port` (default 4250) and
         authenticates the local pairs the policy needs before this returns.
+        `progress(phase)` is called as "load", "map fill" and "attach" start.
         """
         from ebmesh.runtime.attachment import Attachment
 
@@ -92,6 +94,7 @@ class CompiledPolicy:
             backend_capacity=backend_capacity,
             pin=pin,
             identity_dir=identity_dir,
+            progress=progress,
             **({} if authenticator_port is None else {"authenticator_port": authenticator_port}),
         )
 

@@ -12,6 +12,7 @@ links (`BpfLink`) outlive the object whose program they attach.
 
 from .bpffs import bpffs_mounted, ensure_bpffs
 from .constants import BPF_ANY, BPF_NOEXIST, AttachType, MapType, ProgType
+from .libbpf import LIBBPF_SONAME, libbpf_version
 from .links import BpfLink, LinkInfo, detach_link, link_ids, link_info
 from .maps import MapAccess, MapHandle, ObjectMap, possible_cpus
 from .object import BpfObject
@@ -26,6 +27,8 @@ from .programs import (
 from .ringbuf import RingBuffer
 
 __all__ = [
+    "LIBBPF_SONAME",
+    "libbpf_version",
     "BPF_ANY",
     "BPF_NOEXIST",
     "AttachType",

@@ -351,6 +351,8 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("libbpf_set_print", c_void_p, [LibbpfPrintFn], UNCHECKED),
     ("libbpf_num_possible_cpus", c_int, [], NEG_ERRNO),
     ("libbpf_strerror", c_int, [c_int, c_char_p, c_size_t], UNCHECKED),
+    ("libbpf_major_version", c_uint32, [], UNCHECKED),
+    ("libbpf_minor_version", c_uint32, [], UNCHECKED),
     # bpf_object
     (
         "bpf_object__open_mem",
@@ -572,3 +574,8 @@ _PRINT_CALLBACK = LibbpfPrintFn(_on_libbpf_print)
 def load() -> None:
     """Load libbpf.so.1 now (it is otherwise loaded on first use); raises EnvironmentProblem."""
     lib._load()
+
+
+def libbpf_version() -> tuple[int, int]:
+    """(major, minor) of the libbpf.so.1 in use; raises EnvironmentProblem without one."""
+    return lib.libbpf_major_version(), lib.libbpf_minor_version()

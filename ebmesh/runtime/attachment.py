@@ -17,7 +17,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ebmesh.datapath import abi
@@ -119,9 +119,14 @@ class Attachment:
         pin: bool = False,
         identity_dir=None,
         authenticator_port: int = DEFAULT_PORT,
+        progress: Callable[[str], None] | None = None,
     ):
         self.cgroup: Path = cgroups.resolve(cgroup)
+        # told "load", "map fill", "attach" as each starts (for the CLI's progress)
+        self._progress = progress or (lambda phase: None)
         cgroups.refuse_root(self.cgroup, force)
+        # kept: the record is found by it even once the cgroup is removed
+        self._cgroup_id = cgroups.cgroup_id(self.cgroup)
         self.forced, self.event_level, self._backend_capacity = force, events, backend_capacity
         self.pinned = pin
         self._links: dict[str, BpfLink] = {}
@@ -147,6 +152,7 @@ class Attachment:
                 self._loaded, self._index = self._load(image, workload_cgroups, shared={})
                 self._image, self.workload_cgroups = image, workload_cgroups
                 self._authenticator = self._start_authenticator(image, self._bpf.maps)
+                self._progress("attach")
                 self._attach(
                     hooks_needed(
                         image.services,
@@ -240,11 +246,12 @@ class Attachment:
                 *hooks_needed(image.services, recorder=True, accelerate=image.shape.accelerate),
             )
             + ((SHORTCUT,) if image.shape.accelerate else ()),
-            attach_cgroup_id=cgroups.cgroup_id(self.cgroup),
+            attach_cgroup_id=self._cgroup_id,
             events=self.event_level,
             backend_capacity=self._backend_capacity,
             cgroup_slots=self._cgroup_slots,
             shared_maps=shared,
+            progress=self._progress,
         )
         try:
             declared = {w.identity: self.cgroup / w.cgroup for w in image.local_workloads}
@@ -304,7 +311,7 @@ class Attachment:
                 since=self._since,
                 mesh=self._image.mesh,
                 cgroup=str(self.cgroup),
-                cgroup_id=cgroups.cgroup_id(self.cgroup),
+                cgroup_id=self._cgroup_id,
                 pinned=self.pinned,
                 digest=self._image.digest,
                 rules=self._image.rule_count,
@@ -560,7 +567,7 @@ class Attachment:
         for link in reversed(list(links.values())):
             link.detach()  # detaches even a link something else still holds
         if links:
-            registry.remove(cgroups.cgroup_id(self.cgroup))
+            registry.remove(self._cgroup_id)
         if self.pinned and getattr(self, "_image", None) is not None:
             pins.remove(registry.pin_dir(self._image.mesh))
 

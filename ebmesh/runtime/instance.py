@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ebmesh.datapath import abi
@@ -41,6 +42,7 @@ def load_image(
     backend_capacity: int | None = None,
     cgroup_slots: int = 1,
     shared_maps: dict[str, MapAccess] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> LoadedImage:
     """Open, size, configure, verify and fill a copy of the policy's object.
 
@@ -48,11 +50,14 @@ def load_image(
     of two). `shared_maps` are maps of a running copy this one takes over as
     they are (their state, not their policy: see Attachment.replace). The
     policy maps are full before this returns, so a program attached
-    afterwards never sees a half-written policy.
+    afterwards never sees a half-written policy. `progress` is told "load" and
+    then "map fill" as each starts.
     """
     if events not in EVENT_LEVELS:
         raise ValueError(f"events must be one of {sorted(EVENT_LEVELS)}, not {events!r}")
     shared_maps = shared_maps or {}
+    progress = progress or (lambda phase: None)
+    progress("load")
     if "cgroup_index" in shared_maps:  # a map taken over keeps its size, and its index its mask
         cgroup_slots = shared_maps["cgroup_index"].max_entries
     bpf = BpfObject.open(image.object_bytes, "ebmesh")
@@ -91,6 +96,7 @@ def load_image(
         config.v6_lengths[: len(image.v6_prefix_lengths)] = image.v6_prefix_lengths
         bpf.maps[".rodata.config"].set_initial_value(bytes(config))
         bpf.load()
+        progress("map fill")
         for name, contents in image.maps.items():
             if contents.count:
                 bpf.maps[name].update_batch(contents.keys, contents.values, contents.count)

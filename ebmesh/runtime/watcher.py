@@ -77,6 +77,14 @@ class Watcher:
         self._stopping = threading.Event()
         for directory, _, _ in os.walk(root):
             self._watch(Path(directory))
+        # cgroupfs (kernfs) sends no DELETE_SELF for a removed cgroup, only DELETE to
+        # its parent: the root's removal is seen there.
+        try:
+            self._parent = self._inotify.add_watch(
+                root.parent, inotify_flags.DELETE | inotify_flags.MOVED_FROM | inotify_flags.ONLYDIR
+            )
+        except OSError:
+            self._parent = None
         self._thread = threading.Thread(
             target=self._run, name=f"ebmesh-watch {root.name}", daemon=True
         )
@@ -109,6 +117,10 @@ class Watcher:
 
     def _cgroup_changes(self) -> None:
         for event in self._inotify.read(timeout=0):
+            if event.wd == self._parent:
+                if event.name == self.root.name:
+                    self._on_root_gone()
+                continue
             directory = self._paths.get(event.wd)
             if directory is None:
                 continue

@@ -249,3 +249,13 @@ def test_missing_function_is_an_environment_problem():
     bindings = binding._Bindings(binding.LIBBPF_SONAME, table, "Upgrade.")
     with pytest.raises(EnvironmentProblem, match="lacks bpf_from_the_future"):
         bindings.bpf_object__load  # noqa: B018
+
+
+def test_libbpf_version_is_the_loaded_librarys():
+    """`ebmesh version`'s libbpf: what the library says of itself agrees with its file
+    name (libbpf.so.1.1.2 on Debian 12)."""
+    major, minor = binding.libbpf_version()
+    real = Path(_libbpf_path()).resolve().name
+    match = re.fullmatch(r"libbpf\.so\.(\d+)\.(\d+)(?:\.\d+)?", real)
+    assert match, real
+    assert (major, minor) == (int(match.group(1)), int(match.group(2)))
