@@ -32,6 +32,9 @@ setup(
         # mTLS (ebmesh/mtls): keys and X.509 SVIDs. Tested with 50.0.2; 43 is the first
         # with the not_valid_*_utc and verify_directly_issued_by APIs used there.
         "cryptography>=43,<51",
+        # Prometheus metrics of an attachment (ebmesh/runtime/metrics.py): a custom
+        # Collector and its HTTP server. Tested with 0.26.0; 1.0 may change those APIs.
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],

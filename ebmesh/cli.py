@@ -150,6 +150,10 @@ def _say(message: str) -> None:
 
 
 def cmd_apply(args) -> int:
+    if args.dry_run:  # compare with what runs there, attach nothing (cli_events.py)
+        from ebmesh import cli_events
+
+        return cli_events.dry_run(args)
     _require_root("ebmesh apply")
     from ebmesh.live import bring_up_to_date
     from ebmesh.runtime import cgroups
@@ -172,6 +176,15 @@ def cmd_apply(args) -> int:
         stop["reload"] = True
 
     attachment = compiled.attach(cgroup, force=args.force, events=args.events)
+    # observability (cli_events.py, docs/observability.md): `ebmesh events` readers, metrics
+    try:
+        attachment.serve_events()
+        if args.metrics:
+            host, port = attachment.serve_metrics(*args.metrics)
+            _say(f"metrics at http://{host}:{port}/metrics")
+    except BaseException:
+        attachment.detach()
+        raise
     # Only once attached: a refused attach must not leave these signals swallowed.
     previous = {
         sig: signal.signal(sig, handler)
@@ -298,6 +311,15 @@ def cmd_detach(args) -> int:
     return EXIT_OK
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    from ebmesh.runtime.metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 POLICY_FILE_HELP = "the policy file, or - to read it from stdin"
 
 
@@ -343,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not re-read the file when it changes (SIGHUP still does)",
     )
+    apply.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        type=_metrics_address,
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics while attached",
+    )
+    apply.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what applying would change (as `ebmesh diff`); exit 0 same, 1 differs",
+    )
     apply.set_defaults(run=cmd_apply)
 
     explain = commands.add_parser(
@@ -372,9 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     detach.add_argument("--cgroup", required=True, help="cgroup v2 directory")
     detach.set_defaults(run=cmd_detach)
 
-    from ebmesh import cli_ca  # the `ca` group: its own module
+    from ebmesh import cli_ca, cli_events  # command groups of their own modules
 
     cli_ca.add_commands(commands)
+    cli_events.add_commands(commands)
     for command in commands.choices.values():  # a mistake is told with its command's usage
         command.set_defaults(usage=command)
     return parser

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ebmesh.loader import link_info
-from ebmesh.runtime import cgroups
+from ebmesh.runtime import cgroups, policy_record
 
 RECORDS = Path(os.environ.get("EBMESH_RUN_DIR", "/run/ebmesh")) / "attachments"
 PIN_ROOT = Path(os.environ.get("EBMESH_PIN_ROOT", "/sys/fs/bpf/ebmesh"))
@@ -74,6 +74,16 @@ def remove(cgroup_id: int) -> None:
         _path(cgroup_id).unlink()
     except FileNotFoundError:
         pass
+    policy_record.remove(RECORDS, cgroup_id)
+
+
+def write_policy(cgroup_id: int, policy: policy_record.PolicyRecord) -> None:
+    """The running policy's names, beside its record (policy_record.py)."""
+    policy_record.write(RECORDS, cgroup_id, policy)
+
+
+def read_policy(cgroup_id: int) -> policy_record.PolicyRecord | None:
+    return policy_record.read(RECORDS, cgroup_id)
 
 
 def read(cgroup_id: int) -> Record | None:
@@ -95,6 +105,7 @@ def records(*, drop_stale: bool = True) -> list[Record]:
             found.append(record)
         elif drop_stale:
             path.unlink(missing_ok=True)
+            policy_record.remove(RECORDS, record.cgroup_id)
     return sorted(found, key=lambda r: r.since)
 
 
