@@ -583,8 +583,11 @@ class Attachment:
         if not self.pinned:
             self.detach()
             return
-        for link in self._release().values():
+        links = self._release()
+        for link in links.values():
             link.close()  # the pin keeps it attached
+        if links:
+            registry.release(cgroups.cgroup_id(self.cgroup))
 
     def _release(self) -> dict[str, BpfLink]:
         keepalive.release(self)

@@ -578,7 +578,7 @@ class EventStream:
             raise EventsUnavailable(
                 f"no ebmesh policy is attached to {self.record.cgroup} any more"
             )
-        if _holder_alive(record.pid):
+        if not record.released and _holder_alive(record.pid):
             how = "pinned, held" if record.pinned else "held"
             raise EventsUnavailable(
                 f"the attachment on {record.cgroup} is {how} by pid {record.pid}, which does "

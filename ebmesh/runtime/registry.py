@@ -37,6 +37,9 @@ class Record:
     events: str
     links: dict[str, int] = field(default_factory=dict)  # program name -> link id
     programs: dict[str, int] = field(default_factory=dict)  # program name -> program id
+    # A pinned attachment its process let go of (close()): no process holds it any more,
+    # though that process may still run; the first events reader becomes its hub.
+    released: bool = False
 
     @property
     def pin_dir(self) -> Path:
@@ -59,6 +62,14 @@ def pin_dir(mesh: str) -> Path:
 
 def _path(cgroup_id: int) -> Path:
     return RECORDS / f"{cgroup_id}.json"
+
+
+def release(cgroup_id: int) -> None:
+    """Note that the process holding a pinned attachment let go of it."""
+    record = read(cgroup_id)
+    if record is not None and record.pid == os.getpid():
+        record.released = True
+        write(record)
 
 
 def write(record: Record) -> None:
