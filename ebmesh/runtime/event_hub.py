@@ -415,6 +415,11 @@ class EventHub:
                 self._drop(selector, reader)
                 return
             del reader.out[:sent]
+        if reader.dropped and len(reader.out) < READER_BACKLOG // 2:  # told once it catches up
+            reader.out += frame(FRAME_LOST, _LOST.pack(0, reader.dropped))
+            reader.dropped = 0
+            self._flush(selector, reader)
+            return
         if not reader.out and reader.closing:
             self._drop(selector, reader)
             return
