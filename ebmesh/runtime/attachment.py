@@ -574,6 +574,7 @@ class Attachment:
             link.detach()  # detaches even a link something else still holds
         if links:
             registry.remove(cgroups.cgroup_id(self.cgroup))
+            event_hub.remove_stale(self._image.mesh, cgroups.cgroup_id(self.cgroup))
         if self.pinned and getattr(self, "_image", None) is not None:
             pins.remove(registry.pin_dir(self._image.mesh))
 

@@ -48,6 +48,7 @@ RECORD_SIZE = ctypes.sizeof(abi.VerdictEvent)
 HISTORY_EVENTS = 65_536  # the recent history a hub keeps, for --since and `diff`
 READER_BACKLOG = 8 << 20  # bytes queued for one reader before its events are dropped
 LOST_CHECK_SECONDS = 0.1
+ATTACHED_CHECK_SECONDS = 1.0
 
 # Frames: kind, payload length, payload.
 _HEADER = struct.Struct("<BxxxI")
@@ -177,8 +178,18 @@ class EventHub:
     `owner`: the process holding the attachment (it gives way to nobody); a hub
     over pinned maps (`owner=False`) stops when an owner asks it to yield."""
 
-    def __init__(self, path: Path, ring_map, lost_counter: Callable[[], int], *, owner: bool):
+    def __init__(
+        self,
+        path: Path,
+        ring_map,
+        lost_counter: Callable[[], int],
+        *,
+        owner: bool,
+        still_attached: Callable[[], bool] | None = None,
+    ):
         self.path, self.owner = path, owner
+        # a hub over pinned maps outlives no detach: it checks, and stops
+        self._still_attached = still_attached
         self._lock = _HubLock(path)  # raises HubBusy
         self._source = (ring_map, lost_counter)
         self._pending: list[bytes] = []
@@ -197,6 +208,7 @@ class EventHub:
             path.unlink(missing_ok=True)  # a socket left by a hub that died
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._listener.bind(str(path))
+            self._socket_inode = os.stat(path).st_ino
             os.chmod(path, 0o600)
             self._listener.listen(64)
             self._listener.setblocking(False)
@@ -265,7 +277,7 @@ class EventHub:
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         ring_fd = self._ring.epoll_fd
         selector.register(ring_fd, selectors.EVENT_READ, "ring")
-        next_lost_check = 0.0
+        next_lost_check = next_attached_check = 0.0
         try:
             while not self._stopping:
                 for key, mask in selector.select(LOST_CHECK_SECONDS):
@@ -288,6 +300,10 @@ class EventHub:
                 if now >= next_lost_check:
                     next_lost_check = now + LOST_CHECK_SECONDS
                     self._check_lost()
+                if self._still_attached is not None and now >= next_attached_check:
+                    next_attached_check = now + ATTACHED_CHECK_SECONDS
+                    if not self._still_attached():
+                        break  # detached: its readers are told when they reconnect
                 for reader in list(self._readers.values()):
                     if reader.out or reader.closing:
                         self._flush(selector, reader)
@@ -453,7 +469,7 @@ class EventHub:
             self._drop(selector, reader)
         selector.close()
         try:
-            if os.stat(self.path).st_ino == os.fstat(self._listener.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self._socket_inode:  # not a successor's
                 self.path.unlink()
         except OSError:
             pass
@@ -462,6 +478,25 @@ class EventHub:
         self._wake_r.close()
         self._wake_w.close()
         self._lock.release()
+
+
+def remove_stale(mesh: str, cgroup_id: int) -> None:
+    """After a detach: the socket a killed hub left, if no hub answers there."""
+    path = socket_path(mesh, cgroup_id)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+            return  # a hub serves: it stops by itself, and removes it
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass
+    path.unlink(missing_ok=True)
+    if path.with_suffix(".lock").exists():
+        try:
+            _HubLock(path).release()  # unlinks the lock file nobody holds
+        except HubBusy:
+            pass
 
 
 def ask_to_yield(path: Path) -> None:
@@ -527,6 +562,14 @@ def _pinned_ring(record: registry.Record):
         return sum(int.from_bytes(v[:8], "little") for v in per_cpu)
 
     return ring, lost
+
+
+def _attached(record: registry.Record) -> Callable[[], bool]:
+    def check() -> bool:
+        now = registry.read(record.cgroup_id)
+        return now is not None and now.mesh == record.mesh and now.alive()
+
+    return check
 
 
 def _holder_alive(pid: int) -> bool:
@@ -604,7 +647,9 @@ class EventStream:
                 f"cannot open the pinned events of {record.mesh}: {error}"
             ) from None
         try:
-            self._hub = EventHub(self.path, ring, lost, owner=False)
+            self._hub = EventHub(
+                self.path, ring, lost, owner=False, still_attached=_attached(record)
+            )
         except HubBusy:
             ring.close()  # another reader is becoming the hub: connect to it next
         except OSError as error:

@@ -70,6 +70,8 @@ def world(cgroup_tree, spawn):
     yield root, client, mesh
     if registry.on_cgroup(root) is not None:  # a test failed half-way
         detach_cgroup(root)
+    # no hub's socket or lock outlives the attachment, even a killed hub's
+    assert list(event_hub.EVENTS_DIR.glob(f"{mesh}-*")) == []
 
 
 def connect(client, port: int, count: int, address: str = SERVER) -> dict:
@@ -211,10 +213,13 @@ def test_when_the_hub_reader_dies_another_reader_takes_the_ring_over(world):
         assert connect(client, DENIED_BY_RULE, 300) == {str(errno.EPERM): 300}
         events = other.wait_for(seen + 300)
         assert by_port(events[seen:]).get(DENIED_BY_RULE) == 300
+        # the policy detached: the follower (now the hub) notices, says so and ends
+        detach_cgroup(root)
+        assert other.process.wait(15) == 0
+        assert "no ebmesh policy is attached" in other.stop()
     finally:
         other.stop()
         hub.stop()
-        detach_cgroup(root)
 
 
 def test_the_owner_polls_its_own_events_while_readers_follow_and_filters_pick(world):
