@@ -38,6 +38,9 @@ setup(
         # `ebmesh completion bash|zsh` from the argparse parser (ebmesh/cli_completion.py);
         # tested with 1.13.0 (shtab.complete and shtab.FILE are 1.x API).
         "shtab>=1.7,<2",
+        # Prometheus metrics of an attachment (ebmesh/runtime/metrics.py): a custom
+        # Collector and its HTTP server. Tested with 0.26.0; 1.0 may change those APIs.
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "ruff>=0.4"],

@@ -191,9 +191,11 @@ struct {
 	__type(value, struct rule_counter);
 } rule_counters SEC(".maps");
 
+/* 8 MiB: 65,536 events of 128 bytes (with the ring's header), three seconds of
+ * 20,000 verdicts a second for a reader held up (docs/observability.md). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 23);
 } verdict_events SEC(".maps");
 
 /* Events the ring buffer had no room for (userspace fell behind). */

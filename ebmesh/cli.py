@@ -224,6 +224,10 @@ def _attach_options(args) -> dict:
 
 
 def cmd_apply(args) -> int:
+    if args.dry_run:  # compare with what runs there, attach nothing (cli_events.py)
+        from ebmesh import cli_events
+
+        return cli_events.dry_run(args)
     _require_root("ebmesh apply")
     from ebmesh.live import bring_up_to_date
     from ebmesh.runtime import cgroups
@@ -251,6 +255,15 @@ def cmd_apply(args) -> int:
         attachment = compiled.attach(cgroup, progress=progress.phase, **_attach_options(args))
     finally:
         summary = progress.finish()
+    # observability (cli_events.py, docs/observability.md): `ebmesh events` readers, metrics
+    try:
+        attachment.serve_events()
+        if args.metrics:
+            host, port = attachment.serve_metrics(*args.metrics)
+            style.info(f"metrics at http://{host}:{port}/metrics")
+    except BaseException:
+        attachment.detach()
+        raise
     # Only once attached: a refused attach must not leave these signals swallowed.
     previous = {
         sig: signal.signal(sig, handler)
@@ -432,6 +445,15 @@ def cmd_detach(args) -> int:
     return EXIT_OK
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    from ebmesh.runtime.metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 POLICY_FILE_HELP = "the policy file, or - to read it from stdin"
 
 
@@ -515,6 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with mtls: the TCP port the authenticator listens on (default 4250; 0: any free one)",
     )
+    apply.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        type=_metrics_address,
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics while attached",
+    )
+    apply.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what applying would change (as `ebmesh diff`); exit 0 same, 1 differs",
+    )
     apply.set_defaults(run=cmd_apply)
 
     explain = commands.add_parser(
@@ -548,9 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     detach.set_defaults(run=cmd_detach)
 
     # Command groups of their own modules.
-    from ebmesh import cli_ca, cli_completion, cli_version
+    from ebmesh import cli_ca, cli_completion, cli_events, cli_version
 
     cli_ca.add_commands(commands)
+    cli_events.add_commands(commands)
     cli_version.add_commands(commands)
     cli_completion.add_commands(commands)
     _finish(parser)

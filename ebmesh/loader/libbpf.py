@@ -390,6 +390,12 @@ LIBBPF_FUNCTIONS: list[tuple[str, object, list, str]] = [
     ("bpf_map_delete_elem", c_int, [c_int, c_void_p], NEG_ERRNO),
     ("bpf_map_get_next_key", c_int, [c_int, c_void_p, c_void_p], NEG_ERRNO),
     (
+        "bpf_map_lookup_batch",
+        c_int,
+        [c_int, c_void_p, c_void_p, c_void_p, c_void_p, _u32p, POINTER(BpfMapBatchOpts)],
+        NEG_ERRNO,
+    ),
+    (
         "bpf_map_update_batch",
         c_int,
         [c_int, c_void_p, c_void_p, _u32p, POINTER(BpfMapBatchOpts)],

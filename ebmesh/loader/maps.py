@@ -208,6 +208,48 @@ class MapAccess:
 
         return self._batch("update", count, flags, batch, one)
 
+    def array_values(self) -> bytes:
+        """Every value of an array map, in index order, in as few syscalls as the kernel
+        allows (bpf_map_lookup_batch; element by element where it has none). Per-CPU
+        maps give each index's packed per-CPU layout (`percpu_stride` bytes per CPU)."""
+        count, key_size, value_size = self.max_entries, self.key_size, self._batch_value_size()
+        if key_size != 4:
+            raise ValueError(f"map {self.name!r} is not an array")
+        if "lookup" not in self._batch_unsupported:
+            keys = ctypes.create_string_buffer(count * key_size)
+            values = ctypes.create_string_buffer(count * value_size)
+            opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts), elem_flags=0, flags=0)
+            done = ctypes.c_uint32(count)
+            out_batch = ctypes.c_uint32(0)
+            try:
+                lib.bpf_map_lookup_batch(
+                    self.fd, None, ctypes.byref(out_batch), keys, values,
+                    ctypes.byref(done), ctypes.byref(opts),
+                )  # fmt: skip
+            except LibbpfError as exc:
+                if exc.errno in _NO_BATCH_OP:
+                    self._batch_unsupported.add("lookup")
+                elif exc.errno != errno.ENOENT:  # ENOENT: the end was reached, all read
+                    raise with_detail(exc, f"map {self.name!r}: batch lookup") from None
+            if "lookup" not in self._batch_unsupported:
+                if done.value == count:
+                    return values.raw
+                # fewer than asked: the rest, one by one, from where the batch stopped
+                return values.raw[: done.value * value_size] + self._values_from(done.value)
+        return self._values_from(0)
+
+    def _values_from(self, start: int) -> bytes:
+        get = self.lookup_percpu if self.is_percpu else self.lookup
+        stride = self.percpu_stride
+        parts = []
+        for index in range(start, self.max_entries):
+            value = get(index.to_bytes(4, "little"))
+            if self.is_percpu:
+                parts.append(b"".join(v.ljust(stride, b"\0") for v in value or ()))
+            else:
+                parts.append(value or bytes(self.value_size))
+        return b"".join(parts)
+
     def _batch(self, op: str, count: int, elem_flags: int, batch, one) -> int:
         if count == 0:
             return 0

@@ -143,6 +143,9 @@ class Authenticator:
         self._in_flight: dict[Pair, concurrent.futures.Future] = {}
         self._failed_until: dict[Pair, float] = {}
         self._pending_answers = 0
+        # Handshakes done, by (side, outcome): "client"/"listener", "authenticated"/"failed"
+        # (plain ints, read by the metrics at scrape time).
+        self._handshakes: collections.Counter[tuple[str, str]] = collections.Counter()
 
         self._events: collections.deque[AuthEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._events_ready = threading.Condition()
@@ -482,11 +485,24 @@ class Authenticator:
         try:
             result = self._handshake(key)
         except AuthFailure as failure:
-            return self._failed(key, failure)
+            event = self._failed(key, failure)
         except Exception as error:  # a bug; reported as an event, the thread survives
             traceback.print_exc(file=sys.stderr)
-            return self._failed(key, AuthFailure(Reason.PROTOCOL, f"internal error: {error!r}"))
-        return self._granted(self._directions(key), result, initiated=True)
+            event = self._failed(key, AuthFailure(Reason.PROTOCOL, f"internal error: {error!r}"))
+        else:
+            event = self._granted(self._directions(key), result, initiated=True)
+        self._count_handshake("client", event.outcome is Outcome.AUTHENTICATED)
+        return event
+
+    def _count_handshake(self, side: str, authenticated: bool) -> None:
+        with self._lock:
+            self._handshakes[(side, "authenticated" if authenticated else "failed")] += 1
+
+    def handshakes(self) -> dict[tuple[str, str], int]:
+        """Handshakes so far by (side, outcome): side "client" (this host asked) or
+        "listener" (a remote host asked), outcome "authenticated" or "failed"."""
+        with self._lock:
+            return dict(self._handshakes)
 
     def _handshake(self, key: Pair) -> Authenticated:
         source, destination = self._workloads.get(key.src), self._workloads.get(key.dst)
@@ -569,7 +585,9 @@ class Authenticator:
                     lambda result: self._admit(result, host),
                     self.handshake_timeout,
                 )
+            self._count_handshake("listener", True)
         except AuthFailure as failure:
+            self._count_handshake("listener", False)
             self._emit(
                 AuthEvent(
                     time.time(), Outcome.FAILED, None, None, host,

@@ -33,11 +33,12 @@ from ebmesh.mtls import (
     IdentityStore,
     Outcome,
 )
-from ebmesh.runtime import cgroups, keepalive, pins, registry
+from ebmesh.runtime import cgroups, event_hub, keepalive, pins, registry
 from ebmesh.runtime.auth_pairs import KernelPairs
 from ebmesh.runtime.cgroup_index import CgroupIndex, index_size, tree
 from ebmesh.runtime.events import RuleCount, VerdictEvent, decode_event
 from ebmesh.runtime.instance import LoadedImage, home_netns, load_image
+from ebmesh.runtime.policy_record import PolicyRecord
 from ebmesh.runtime.watcher import AttachmentNotice, Watcher
 
 # Maps that hold the connections' state rather than the policy: a replacement
@@ -131,6 +132,10 @@ class Attachment:
         self.pinned = pin
         self._links: dict[str, BpfLink] = {}
         self._ring: RingBuffer | None = None
+        self._hub: event_hub.EventHub | None = None  # serve_events(): every reader's events
+        self._own_events: event_hub.OwnEvents | None = None
+        self._metrics = None  # serve_metrics()
+        self._recorded_digest: str | None = None
         self._pending: list[VerdictEvent] = []
         self._notices: list[AttachmentNotice] = []
         # its own lock: the authenticator's threads note while replace() holds _lock
@@ -306,6 +311,10 @@ class Attachment:
                 pins.pin_map(root, name, bpf_map)
 
     def _record(self) -> None:
+        cgroup_id = cgroups.cgroup_id(self.cgroup)
+        if self._recorded_digest != self._image.digest:  # the names readers decode events with
+            registry.write_policy(cgroup_id, PolicyRecord.of(self._image))
+            self._recorded_digest = self._image.digest
         registry.write(
             registry.new_record(
                 since=self._since,
@@ -466,6 +475,10 @@ class Attachment:
         """The authenticated pairs (source, destination, host, expiry), with mTLS in the policy."""
         return self._authenticator.authenticated() if self._authenticator else []
 
+    def handshakes(self) -> dict[tuple[str, str], int]:
+        """mTLS handshakes by (side, outcome), with mTLS in the policy (Authenticator.handshakes)."""
+        return self._authenticator.handshakes() if self._authenticator else {}
+
     def revoke(self, identity: str):
         """Drop every authenticated pair with this identity (a SPIFFE ID or a workload name)
         at once; its current certificate is not accepted again until a new SVID replaces it."""
@@ -549,6 +562,8 @@ class Attachment:
                 self._ring = None
             self._pending.clear()
             previous, self._loaded, self._index = self._loaded, loaded, index
+            if self._hub is not None:  # readers go on, with the new policy's events
+                self._hub.swap(self._bpf.maps["verdict_events"], self.lost_events)
             self._image, self.workload_cgroups = image, workload_cgroups
             self._attach(wanted)  # hooks the new policy needs and the old did not
             for name in [n for n in self._links if n not in wanted]:
@@ -568,6 +583,7 @@ class Attachment:
             link.detach()  # detaches even a link something else still holds
         if links:
             registry.remove(self._cgroup_id)
+            event_hub.remove_stale(self._image.mesh, self._cgroup_id)
         if self.pinned and getattr(self, "_image", None) is not None:
             pins.remove(registry.pin_dir(self._image.mesh))
 
@@ -577,8 +593,11 @@ class Attachment:
         if not self.pinned:
             self.detach()
             return
-        for link in self._release().values():
+        links = self._release()
+        for link in links.values():
             link.close()  # the pin keeps it attached
+        if links:
+            registry.release(cgroups.cgroup_id(self.cgroup))
 
     def _release(self) -> dict[str, BpfLink]:
         keepalive.release(self)
@@ -591,6 +610,7 @@ class Attachment:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        self._stop_serving()
         links, self._links = self._links, {}
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
@@ -607,18 +627,27 @@ class Attachment:
 
     def counters(self) -> dict[int, RuleCount]:
         """Per rule id (0: the default): verdicts decided and audit matches, summed over CPUs."""
+        naming = self._image.naming
+        return {
+            rule_id: RuleCount(rule_id, naming.rule(rule_id), decided, audited)
+            for rule_id, (decided, audited) in enumerate(self.counter_totals())
+        }
+
+    def counter_totals(self) -> list[tuple[int, int]]:
+        """(decided, audited) per rule id, summed over CPUs: the counters in one batch
+        read (a scrape of 10,000 rules must not be 10,000 syscalls)."""
         counters = self._bpf.maps["rule_counters"]
-        packer = abi.RuleCounter.packer()
-        result = {}
+        raw = counters.array_values()
+        stride, cpus = counters.percpu_stride, len(raw) // counters.percpu_stride
+        per_rule = cpus // (self._image.rule_count + 1)
+        words = memoryview(raw).cast("Q")  # decided, audited (then padding, if any) per CPU
+        step = stride // 8
+        totals = []
         for rule_id in range(self._image.rule_count + 1):
-            per_cpu = counters.lookup_percpu(rule_id.to_bytes(4, "little")) or []
-            decided = audited = 0
-            for value in per_cpu:
-                d, a = packer.unpack(value[: packer.size])
-                decided += d
-                audited += a
-            result[rule_id] = RuleCount(rule_id, self._image.naming.rule(rule_id), decided, audited)
-        return result
+            base = rule_id * per_rule * step
+            cells = words[base : base + per_rule * step]
+            totals.append((sum(cells[0::step]), sum(cells[1::step])))
+        return totals
 
     # ---- services -------------------------------------------------------------------
 
@@ -656,12 +685,66 @@ class Attachment:
         self._pending.append(decode_event(record, self._image.naming))
 
     def poll_events(self, timeout: float = 0.0) -> list[VerdictEvent]:
-        """Events that arrived, waiting up to `timeout` seconds for the first."""
+        """Events that arrived, waiting up to `timeout` seconds for the first.
+
+        A pinned attachment serves its events (serve_events()) from the first
+        call: other readers of its pinned ring would take events from it."""
+        if self._hub is None and self.pinned:
+            self.serve_events()
+        if self._own_events is not None:
+            naming = self._image.naming
+            return [decode_event(r, naming) for r in self._own_events.take(timeout)]
         if self._ring is None:
             self._ring = RingBuffer(self._bpf.maps["verdict_events"], self._on_event)
         self._ring.poll(int(timeout * 1000))
         events, self._pending = self._pending, []
         return events
+
+    # ---- observability: events for every reader, metrics ------------------------
+
+    def serve_events(self) -> Path:
+        """Serve this attachment's verdicts to every reader (`ebmesh events`, diff,
+        dry-run) over a unix socket, and to poll_events() here: a ring buffer has
+        one consumer, so one hub reads it for all (event_hub.py). Idempotent;
+        returns the socket's path. A hub another process runs over the pinned
+        ring gives way to this one."""
+        with self._lock:
+            if self._hub is not None:
+                return self._hub.path
+            if not self._links:
+                raise AttachError("this attachment was detached")
+            if self._ring is not None:  # what it has not read yet waits in the ring
+                self._ring.close()
+                self._ring = None
+            path = event_hub.socket_path(self._image.mesh, cgroups.cgroup_id(self.cgroup))
+            self._hub = event_hub.serve_owned(
+                path, self._bpf.maps["verdict_events"], self.lost_events
+            )
+            self._own_events = self._hub.own_reader()
+            return path
+
+    def serve_metrics(self, address: str = "127.0.0.1", port: int = 9090):
+        """Expose Prometheus metrics at http://ADDRESS:PORT/metrics, read from the maps at
+        each scrape (runtime/metrics.py); port 0 picks one. Returns the (address, port)
+        served. Stops with detach()/close()."""
+        from ebmesh.runtime import metrics
+
+        with self._lock:
+            if self._metrics is not None:
+                self._metrics.stop()
+            self._metrics = metrics.serve(self, address, port)
+            return self._metrics.address
+
+    def _stop_serving(self) -> None:
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.stop()
+        own, self._own_events = self._own_events, None
+        if own is not None:
+            own.close()
+        served, self._metrics = self._metrics, None
+        if served is not None:
+            served.stop()
 
     def events(self, timeout: float | None = None) -> Iterator[VerdictEvent]:
         """Verdict events as they happen. Stops after `timeout` seconds without one
@@ -679,6 +762,10 @@ class Attachment:
 
     def fileno(self) -> int:
         """An fd that is readable when events wait (for select/poll loops)."""
+        if self._hub is None and self.pinned:
+            self.serve_events()
+        if self._own_events is not None:
+            return self._own_events.fileno()
         if self._ring is None:
             self._ring = RingBuffer(self._bpf.maps["verdict_events"], self._on_event)
         return self._ring.epoll_fd

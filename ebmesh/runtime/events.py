@@ -128,3 +128,53 @@ class RuleCount:
     rule: SourceRef | None
     decided: int
     audited: int
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = time.gmtime(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", moment) + f".{int(seconds % 1 * 1e6):06d}Z"
+
+
+def _ref(rule_id: int, where: SourceRef | None) -> dict:
+    return {
+        "id": rule_id,
+        "line": where.line if where else None,
+        "text": where.text if where else None,
+    }
+
+
+def _name(name: str) -> str | None:
+    return None if name == "-" else name
+
+
+def event_json(event: VerdictEvent) -> dict:
+    """The stable JSON shape of a verdict event (docs/observability.md)."""
+    return {
+        "time": _rfc3339(event.time),
+        "timestamp": round(event.time, 6),
+        "direction": event.direction,
+        "verdict": event.verdict,
+        "would_deny": event.would_deny,
+        "protocol": event.protocol,
+        "source": {
+            "workload": _name(event.src_name),
+            "address": str(event.src_address) if event.src_address is not None else None,
+            "port": event.src_port or None,
+        },
+        "destination": {
+            "workload": _name(event.dst_name),
+            "address": str(event.dst_address),
+            "port": event.dst_port,
+        },
+        "rule": {**_ref(event.rule_id, event.rule), "default": event.rule_id == 0},
+        "audit_rule": _ref(event.audit_rule_id, event.audit_rule) if event.audit_rule else None,
+        "backend": (
+            {"address": str(event.backend_address), "port": event.backend_port}
+            if event.backend_address is not None
+            else None
+        ),
+        "no_backend": event.no_backend,
+        "too_deep": event.too_deep,
+        "mtls": {"required": event.needs_mtls, "unauthenticated": event.unauthenticated},
+        "cgroup_id": event.cgroup_id,
+    }

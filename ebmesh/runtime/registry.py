@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ebmesh.loader import link_info
-from ebmesh.runtime import cgroups
+from ebmesh.runtime import cgroups, policy_record
 
 RECORDS = Path(os.environ.get("EBMESH_RUN_DIR", "/run/ebmesh")) / "attachments"
 PIN_ROOT = Path(os.environ.get("EBMESH_PIN_ROOT", "/sys/fs/bpf/ebmesh"))
@@ -37,6 +37,9 @@ class Record:
     events: str
     links: dict[str, int] = field(default_factory=dict)  # program name -> link id
     programs: dict[str, int] = field(default_factory=dict)  # program name -> program id
+    # A pinned attachment its process let go of (close()): no process holds it any more,
+    # though that process may still run; the first events reader becomes its hub.
+    released: bool = False
 
     @property
     def pin_dir(self) -> Path:
@@ -61,6 +64,14 @@ def _path(cgroup_id: int) -> Path:
     return RECORDS / f"{cgroup_id}.json"
 
 
+def release(cgroup_id: int) -> None:
+    """Note that the process holding a pinned attachment let go of it."""
+    record = read(cgroup_id)
+    if record is not None and record.pid == os.getpid():
+        record.released = True
+        write(record)
+
+
 def write(record: Record) -> None:
     RECORDS.mkdir(parents=True, exist_ok=True)
     path = _path(record.cgroup_id)
@@ -74,6 +85,16 @@ def remove(cgroup_id: int) -> None:
         _path(cgroup_id).unlink()
     except FileNotFoundError:
         pass
+    policy_record.remove(RECORDS, cgroup_id)
+
+
+def write_policy(cgroup_id: int, policy: policy_record.PolicyRecord) -> None:
+    """The running policy's names, beside its record (policy_record.py)."""
+    policy_record.write(RECORDS, cgroup_id, policy)
+
+
+def read_policy(cgroup_id: int) -> policy_record.PolicyRecord | None:
+    return policy_record.read(RECORDS, cgroup_id)
 
 
 def read(cgroup_id: int) -> Record | None:
@@ -95,6 +116,7 @@ def records(*, drop_stale: bool = True) -> list[Record]:
             found.append(record)
         elif drop_stale:
             path.unlink(missing_ok=True)
+            policy_record.remove(RECORDS, record.cgroup_id)
     return sorted(found, key=lambda r: r.since)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ebmesh.errors import AttachError
 from ebmesh.loader import detach_link, link_ids, link_info, program_info
-from ebmesh.runtime import cgroups, pins, registry
+from ebmesh.runtime import cgroups, event_hub, pins, registry
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ def detach_cgroup(cgroup) -> str:
         if name.startswith("ebmesh_") and detach_link(link_id):
             detached += 1
     registry.remove(cgroup_id)
+    if record is not None:
+        event_hub.remove_stale(record.mesh, cgroup_id)
     if record is not None and record.pinned:
         pins.remove(registry.pin_dir(record.mesh))
     if not detached and record is None:
