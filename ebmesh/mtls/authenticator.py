@@ -309,11 +309,15 @@ class Authenticator:
 
     def renew(self, workload: str) -> Svid:
         """Issue a fresh SVID for a local workload now (this directory must have an issuer),
-        e.g. after revoke(); its pairs are authenticated again with it."""
+        e.g. after revoke(); its pairs are authenticated again with it, the local ones
+        before this returns."""
         if workload not in self._local:
             raise UnknownIdentity(f"no local workload {workload!r} in the policy")
         svid = self.store.issue(workload, self._local[workload].spiffe_id)
-        self._after_svid_change(self._refresh_svids({workload: self._local[workload]}))
+        started = self._after_svid_change(self._refresh_svids({workload: self._local[workload]}))
+        # As start(): the local pairs are authenticated again when this returns.
+        local = [future for key, future in started if key.host is None]
+        concurrent.futures.wait(local, timeout=self.handshake_timeout + self.connect_timeout)
         return svid
 
     def reload(self):
@@ -837,13 +841,12 @@ class Authenticator:
         self._after_svid_change(changed)
         self._wake.set()
 
-    def _after_svid_change(self, names: list[str]) -> None:
+    def _after_svid_change(self, names: list[str]) -> list[tuple[Pair, concurrent.futures.Future]]:
         """A local SVID changed: authenticate its pairs with it now (rotation), without
-        waiting for their refresh."""
+        waiting for their refresh. The handshakes started."""
         with self._lock:
             names = [n for n in names if n in self._svids]
-        if names:
-            self._authenticate_needed(names)
+        return self._authenticate_needed(names) if names else []
 
 
 def _no_delay(sock: socket.socket) -> None:

@@ -509,6 +509,11 @@ class Attachment:
     # ---- lifecycle --------------------------------------------------------------
 
     @property
+    def image(self) -> DatapathImage:
+        """The compiled policy running here now (replace() changes it)."""
+        return self._image
+
+    @property
     def attached(self) -> bool:
         return bool(self._links)
 
