@@ -313,32 +313,37 @@ def pairs_to_authenticate(policy: Policy) -> tuple[tuple[int, int], ...]:
     into a workload with `mtls required`. Only these are ever authenticated (a peer host
     cannot ask for others); the local ones before the first connection."""
     workloads = policy.workloads
+    requiring = [w for w in workloads if w.mtls_required]
+    if not requiring and not any(r.mtls for r in policy.rules):
+        return ()  # most policies: no rule looks at pairs (and 100k rules cost nothing here)
 
-    def selects(selector, workload) -> bool:
-        if selector.any or workload.identity in selector.identities:
-            return True
-        return any(
-            prefix.version == match.network.version and prefix.overlaps(match.network)
-            for match in selector.addresses
-            for prefix in workload.prefixes
-        )
+    def selected(selector, among):
+        """The workloads of `among` the selector names, by identity or by address."""
+        if selector.any:
+            return among
+        chosen = {w.identity: w for w in among if w.identity in selector.identities}
+        if selector.addresses:
+            for workload in among:
+                if workload.identity not in chosen and any(
+                    prefix.version == match.network.version and prefix.overlaps(match.network)
+                    for match in selector.addresses
+                    for prefix in workload.prefixes
+                ):
+                    chosen[workload.identity] = workload
+        return list(chosen.values())
 
     pairs: set[tuple[int, int]] = set()
     if policy.default is Verdict.ALLOW:
-        pairs.update(
-            (s.identity, d.identity) for d in workloads if d.mtls_required for s in workloads
-        )
+        pairs.update((s.identity, d.identity) for d in requiring for s in workloads)
     for rule in policy.rules:
         if rule.action is not Action.ALLOW:
             continue
-        for destination in workloads:
-            if not (rule.mtls or destination.mtls_required) or not selects(
-                rule.destination, destination
-            ):
-                continue
-            pairs.update(
-                (s.identity, destination.identity) for s in workloads if selects(rule.source, s)
-            )
+        # an mtls rule needs its every pair; another allow, only those into `mtls required`
+        destinations = selected(rule.destination, workloads if rule.mtls else requiring)
+        if not destinations:
+            continue
+        sources = selected(rule.source, workloads)
+        pairs.update((s.identity, d.identity) for d in destinations for s in sources)
     return tuple(sorted(pairs))
 
 
