@@ -574,11 +574,13 @@ int ebmesh_ingress(struct __sk_buff *skb)
 	datagram = packet.key.protocol == IPPROTO_UDP;
 	if (!datagram && !is_connection_request(&packet))
 		return PACKET_PASS;
-	cookie = bpf_get_socket_cookie(skb);
 	if (datagram) {
 		state = state_of(sk, false);
 		if (knows_peer(state, packet.key.family, packet.key.saddr, packet.key.sport))
 			return PACKET_PASS;
+	}
+	cookie = bpf_get_socket_cookie(skb);
+	if (datagram) {
 		if (recorded_peer(cookie, packet.key.family, packet.key.saddr, packet.key.sport)) {
 			note_peer(state ? state : state_of(sk, true), packet.key.family, packet.key.saddr, packet.key.sport);
 			return PACKET_PASS;

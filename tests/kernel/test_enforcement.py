@@ -177,6 +177,18 @@ def test_ingress_judges_traffic_from_outside_the_mesh_by_address(world):
         assert not refused["ok"] and refused["errno"] == errno.ETIMEDOUT, refused
 
 
+def test_ipv4_options_do_not_hide_a_syn(world):
+    """A SYN whose IPv4 header carries options (longer than 20 bytes) is read the
+    long way, not the in-place one, and judged like any other."""
+    rules = "allow 127.0.9.0/24 -> server port 8080"
+    with attach(world, mesh(rules)):
+        assert_allowed(world.outside.connect(SERVER, 8080, source=OUTSIDE, ip_options=True))
+        refused = world.outside.connect(
+            SERVER, 8080, source="127.0.8.8", timeout=1.0, ip_options=True
+        )
+        assert not refused["ok"] and refused["errno"] == errno.ETIMEDOUT, refused
+
+
 def test_receiver_known_only_by_cgroup_is_judged_at_connect(world):
     """The server has no address: only its listening socket's cgroup names it.
     Egress finds it, so the denial is EPERM at connect, not a dropped SYN."""

@@ -266,6 +266,7 @@ def _bind_source(sock: socket.socket, source: str | None, port: int = 0) -> None
 
 # An IPv6 destination options header holding one PadN option: 8 bytes.
 _PADDING_DESTINATION_OPTIONS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+_NO_OPERATION_IP_OPTIONS = bytes([1, 1, 1, 0])  # NOP, NOP, NOP, end of options
 
 
 def connect(
@@ -276,6 +277,7 @@ def connect(
     read: bool = True,
     destination_options: bool = False,
     source_port: int = 0,
+    ip_options: bool = False,
 ) -> dict:
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -283,6 +285,8 @@ def connect(
     try:
         if destination_options:  # every packet, the SYN included, carries an extension header
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, _PADDING_DESTINATION_OPTIONS)
+        if ip_options:  # every IPv4 header, the SYN's included, is longer than 20 bytes
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, _NO_OPERATION_IP_OPTIONS)
         _bind_source(sock, source, source_port)
         sock.connect((address, port))
         local = sock.getsockname()

@@ -97,6 +97,7 @@ class Agent:
         timeout: float = 2.0,
         destination_options: bool = False,
         source_port: int = 0,
+        ip_options: bool = False,
     ) -> dict:
         return self.call(
             "connect",
@@ -106,6 +107,7 @@ class Agent:
             timeout=timeout,
             destination_options=destination_options,
             source_port=source_port,
+            ip_options=ip_options,
         )
 
     def udp_peers(self, targets: list[tuple[str, int]], source: str | None = None) -> dict:
