@@ -130,3 +130,24 @@ def print_report(checks: list[dict]) -> None:
             f"  issue {check['issue']:>2}: {check['target']:<58} {shown:>12}  "
             f"(goal {check['bound']:<9}) {verdict}"
         )
+
+
+def print_floor(results: dict) -> None:
+    """What the hooks themselves cost, to read the p50 ratios above against: empty
+    programs on ebmesh's hooks / no mesh, and ebmesh / those empty programs."""
+    mesh = results.get("mesh")
+    if not mesh or "bare" not in mesh["configs"]:
+        return
+    cells = []
+    for label, pick in (
+        ("TCP 64 B", mesh_part.p50("tcp_64")),
+        ("UDP 64 B", mesh_part.p50("udp_64")),
+    ):
+        floor = mesh_part.ratio(mesh, "bare", "none", pick)
+        own = mesh_part.ratio(mesh, "ebmesh", "bare", pick)
+        if floor is not None and own is not None:
+            cells.append(
+                f"{label} p50: empty programs / no mesh {floor:.3f}x, ebmesh / empty programs {own:.3f}x"
+            )
+    if cells:
+        print("  the floor, on the same hooks: " + "; ".join(cells))

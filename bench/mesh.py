@@ -6,6 +6,9 @@ its own loopback addresses (127.OCTET.1.x client side, 127.OCTET.2.x server
 side) and its own servers, all set up before the first round:
 
     none      nothing attached
+    bare      EMPTY programs (bench/empty_hooks.bpf.c) on exactly the hooks the
+              ebmesh configuration attaches: the floor any cgroup-hook datapath
+              pays, to read ebmesh's own share against (needs ebmesh in the run)
     ebmesh    a realistic policy of 1,000 rules (bench/policy_gen.py), the measured
               flows allowed by its last rule
     accel     the same policy with `accelerate on`
@@ -34,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cost
 import loadgen
 import policy_gen
 import sidecars
@@ -47,12 +51,14 @@ from processes import (
 )
 
 import ebmesh
+from ebmesh.loader import AttachType
 from tests.support import throwaway_cgroup
 
 PREFIX = "ebmesh-bench-"
-CONFIGS = ("none", "ebmesh", "accel", "vip", "haproxy", "nginx")
+CONFIGS = ("none", "bare", "ebmesh", "accel", "vip", "haproxy", "nginx")
 LABELS = {
     "none": "no mesh",
+    "bare": "empty programs, same hooks",
     "ebmesh": "ebmesh, 1k rules",
     "accel": "ebmesh, accelerate on",
     "vip": "ebmesh, via a service VIP",
@@ -215,13 +221,25 @@ def _sanity(config: MeshConfig, launcher: Launcher, rr: Path) -> None:
             raise RuntimeError(f"{config.label}: port {DENIED_PORT} should be EPERM: {denied}")
 
 
+def _empty_hooks_like(configs: list[MeshConfig]) -> set[AttachType]:
+    """The cgroup hooks the ebmesh configuration's attachment uses."""
+    ebmesh_config = next((c for c in configs if c.key == "ebmesh"), None)
+    if ebmesh_config is None or ebmesh_config.attachment is None:
+        raise RuntimeError("the 'bare' configuration needs 'ebmesh' in --mesh-configs")
+    hooks = cost.attached_hooks(ebmesh_config.attachment).values()
+    return {AttachType[hook] for hook in hooks if hook != cost.NOT_A_CGROUP_HOOK}
+
+
 def setup(args, stack: contextlib.ExitStack, launcher: Launcher, rr: Path, safe_target):
     configs = [MeshConfig(key, 70 + index) for index, key in enumerate(args.mesh_configs)]
-    for config in configs:
+    # The bare hooks copy the ebmesh configuration's: set up after it.
+    for config in sorted(configs, key=lambda c: c.key == "bare"):
         config.root = stack.enter_context(throwaway_cgroup(("client", "server"), prefix=PREFIX))
         _start_servers(config, launcher, rr)
         if config.key in SIDECARS:
             _start_proxies(config, launcher)
+        elif config.key == "bare":
+            cost.load_empty_hooks(_empty_hooks_like(configs), safe_target(config.root), stack)
         elif config.key != "none":
             compiled = ebmesh.compile(policy_text(config))
             config.attachment = stack.enter_context(

@@ -984,6 +984,7 @@ def main(argv=None) -> int:
     if "cost" in results:
         cost.print_report(results["cost"])
     goals.print_report(results["must_reach"])
+    goals.print_floor(results)
     print()
     if runs or lb is not None:
         print(
