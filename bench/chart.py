@@ -37,6 +37,7 @@ def draw(results: dict, path: Path) -> Path | None:
 def _short(key: str) -> str:
     return {
         "none": "no mesh",
+        "bare": "empty\nhooks",
         "ebmesh": "ebmesh",
         "accel": "ebmesh\naccel",
         "vip": "ebmesh\nVIP",

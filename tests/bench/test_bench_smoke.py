@@ -28,7 +28,7 @@ SMALL = [
     "--memory-workloads", "1",
     "--cost-sizes", "10",
 ]  # fmt: skip
-MESH_CONFIGS = ("none", "ebmesh", "accel", "vip", "haproxy", "nginx")
+MESH_CONFIGS = ("none", "bare", "ebmesh", "accel", "vip", "haproxy", "nginx")
 COST_KINDS = ("tcp_direct", "tcp_vip", "udp_one", "udp_new")
 
 
