@@ -132,12 +132,12 @@ def print_report(checks: list[dict]) -> None:
         )
 
 
-def print_floor(results: dict) -> None:
-    """What the hooks themselves cost, to read the p50 ratios above against: empty
-    programs on ebmesh's hooks / no mesh, and ebmesh / those empty programs."""
+def floor_text(results: dict) -> str | None:
+    """What the hooks themselves cost, to read the p50 ratios against: empty programs
+    on ebmesh's hooks / no mesh, and ebmesh / those empty programs (None: not run)."""
     mesh = results.get("mesh")
     if not mesh or "bare" not in mesh["configs"]:
-        return
+        return None
     cells = []
     for label, pick in (
         ("TCP 64 B", mesh_part.p50("tcp_64")),
@@ -149,5 +149,10 @@ def print_floor(results: dict) -> None:
             cells.append(
                 f"{label} p50: empty programs / no mesh {floor:.3f}x, ebmesh / empty programs {own:.3f}x"
             )
-    if cells:
-        print("  the floor, on the same hooks: " + "; ".join(cells))
+    return "the floor, on the same hooks: " + "; ".join(cells) if cells else None
+
+
+def print_floor(results: dict) -> None:
+    text = floor_text(results)
+    if text:
+        print("  " + text)

@@ -58,6 +58,9 @@ def render(results: dict) -> str:
         lines.append(
             f"| {check['issue']} | {check['target']} | {_value(check)} | {check['bound']} | {verdict} |"
         )
+    floor = goals.floor_text(results)
+    if floor:
+        lines += ["", floor[0].upper() + floor[1:] + "."]
     mesh = results.get("mesh")
     if mesh:
         lines += [
