@@ -661,7 +661,12 @@ class EventStream:
         while True:
             self._sock = self._connect()
             request = {"since_ns": since_ns, "last": last, "follow": self._follow}
-            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            try:
+                self._sock.sendall(json.dumps(request).encode() + b"\n")
+            except OSError:  # the hub went between accepting and reading (a detach, a kill)
+                self._sock.close()
+                self._sock = None
+                continue  # whoever serves next, or the end of the policy, says what follows
             stream = self._sock.makefile("rb", buffering=1 << 20)
             yield from self._frames(stream)
             stream.close()
