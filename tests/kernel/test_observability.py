@@ -204,7 +204,6 @@ def test_two_readers_of_a_pinned_attachment_each_get_every_event(world):
 def test_when_the_hub_reader_dies_another_reader_takes_the_ring_over(world):
     root, client, mesh = world
     ebmesh.compile(policy(mesh)).attach(root, pin=True).close()
-    record = registry.on_cgroup(root)
     hub = Follower(root)
     try:
         ready([hub], client)
