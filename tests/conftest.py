@@ -14,9 +14,17 @@ from tests.support.places import throwaway_cgroup
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
-    """After the whole run: no cgroup or namespace this run made may remain."""
+    """After the whole run: no cgroup or namespace this run made may remain, nor a mesh's
+    identity directory it made (attaching mtls without identity_dir makes one)."""
+    from ebmesh.runtime.attachment import DEFAULT_IDENTITY_ROOT
+
+    def identity_dirs() -> set[Path]:
+        return set(DEFAULT_IDENTITY_ROOT.iterdir()) if DEFAULT_IDENTITY_ROOT.is_dir() else set()
+
+    before = identity_dirs()
     yield
     left = places.leftovers()
+    left += [str(p) for p in sorted(identity_dirs() - before)]
     from ebmesh.runtime import registry
 
     mine = f"{places.TEST_PREFIX}{places.RUN}-"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 
 import ebmesh
 from ebmesh.ir.model import NO_IDENTITY, Mode, Protocol, Verdict
+from ebmesh.mtls import IdentityStore
 from tests.property.policies import Universe, policies
 from tests.support import reference, throwaway_netns
 
@@ -86,6 +88,21 @@ UNIVERSE = Universe(
 def namespace():
     with throwaway_netns(tuple(ON_LO)) as name:
         yield name
+
+
+@pytest.fixture(scope="module")
+def identity_dirs(tmp_path_factory):
+    """An identity directory per trust domain, with its issuer, made once: a policy with
+    mtls attached without one would make the mesh's own under /var/lib/ebmesh."""
+    made: dict[str, Path] = {}
+
+    def directory(trust_domain: str) -> Path:
+        if trust_domain not in made:
+            made[trust_domain] = tmp_path_factory.mktemp("identity")
+            IdentityStore.create(made[trust_domain], trust_domain)
+        return made[trust_domain]
+
+    return directory
 
 
 @pytest.fixture
@@ -150,7 +167,7 @@ FLOWS_SEEN = []
     ],
 )
 @given(cases())
-def test_real_connects_agree_with_the_reference(parties, case):
+def test_real_connects_agree_with_the_reference(parties, identity_dirs, case):
     root, agents = parties
     text, flows = case
     try:
@@ -159,7 +176,9 @@ def test_real_connects_agree_with_the_reference(parties, case):
         assume(False)
     policy = compiled.policy
     disagreements = []
-    with compiled.attach(root, events="all") as attachment:
+    has_mtls = compiled.image.shape.has_mtls
+    identity_dir = identity_dirs(compiled.image.trust_domain) if has_mtls else None
+    with compiled.attach(root, events="all", identity_dir=identity_dir) as attachment:
         by_client: dict[str, list] = {}
         for flow in flows:
             by_client.setdefault(flow[0], []).append(flow)
