@@ -314,10 +314,23 @@ class Authenticator:
         if workload not in self._local:
             raise UnknownIdentity(f"no local workload {workload!r} in the policy")
         svid = self.store.issue(workload, self._local[workload].spiffe_id)
-        started = self._after_svid_change(self._refresh_svids({workload: self._local[workload]}))
-        # As start(): the local pairs are authenticated again when this returns.
-        local = [future for key, future in started if key.host is None]
-        concurrent.futures.wait(local, timeout=self.handshake_timeout + self.connect_timeout)
+        self._after_svid_change(self._refresh_svids({workload: self._local[workload]}))
+        # As start(): the local pairs are authenticated again when this returns. A handshake
+        # already in flight (one a refused connection asked for, with the revoked SVID) is
+        # waited for, and the pair tried again with the new SVID.
+        pending = [key for key in self._keys_needed([workload]) if key.host is None]
+        deadline = time.monotonic() + self.handshake_timeout + self.connect_timeout
+        while pending and time.monotonic() < deadline:
+            with self._lock:
+                running = [self._in_flight.get(key) for key in pending]
+            futures = [f or self._submit(key) for f, key in zip(running, pending)]
+            concurrent.futures.wait(
+                [f for f in futures if f is not None], timeout=deadline - time.monotonic()
+            )
+            with self._lock:
+                pending = [key for key in pending if key not in self._records]
+            if pending:
+                time.sleep(0.01)  # a handshake that failed at once: not in a tight loop
         return svid
 
     def reload(self):
@@ -434,6 +447,12 @@ class Authenticator:
     ) -> list[tuple[Pair, concurrent.futures.Future]]:
         """Start authenticating every needed pair involving these local workloads: local
         pairs, and remote ones at each address their host may have."""
+        submitted = [(key, self._submit(key)) for key in self._keys_needed(workloads)]
+        return [(key, future) for key, future in submitted if future is not None]
+
+    def _keys_needed(self, workloads: Iterable[str]) -> list[Pair]:
+        """The pairs the policy needs that involve these local workloads, one per
+        handshake (a reverse pair the same handshake grants is left out)."""
         if self._needed is None:
             return []
         names = set(workloads)
@@ -453,8 +472,7 @@ class Authenticator:
         for key in keys:  # one handshake serves both directions: skip a reverse already in
             if Pair(key.dst, key.src, key.host) not in chosen:
                 chosen[key] = None
-        submitted = [(key, self._submit(key)) for key in chosen]
-        return [(key, future) for key, future in submitted if future is not None]
+        return list(chosen)
 
     def _directions(self, key: Pair) -> list[Pair]:
         """The pairs one handshake for `key` authenticates: `key`, and its reverse when the
@@ -841,12 +859,13 @@ class Authenticator:
         self._after_svid_change(changed)
         self._wake.set()
 
-    def _after_svid_change(self, names: list[str]) -> list[tuple[Pair, concurrent.futures.Future]]:
+    def _after_svid_change(self, names: list[str]) -> None:
         """A local SVID changed: authenticate its pairs with it now (rotation), without
-        waiting for their refresh. The handshakes started."""
+        waiting for their refresh."""
         with self._lock:
             names = [n for n in names if n in self._svids]
-        return self._authenticate_needed(names) if names else []
+        if names:
+            self._authenticate_needed(names)
 
 
 def _no_delay(sock: socket.socket) -> None:

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import ebmesh
 from ebmesh.loader import AttachType, query_cgroup
+from ebmesh.mtls import IdentityStore
 from ebmesh.runtime import event_hub, registry
 from ebmesh.runtime.events import decode_event
 from ebmesh.runtime.status import detach_cgroup
@@ -412,6 +413,29 @@ def test_a_prometheus_scrape_counts_the_real_connections(world, spawn):
         assert not [k for k in after if k[0].startswith("ebmesh_mtls")]  # no mtls in the policy
     with pytest.raises(OSError):  # the server went with the attachment
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_the_mtls_metrics_count_the_pairs_and_handshakes(world, tmp_path):
+    """With mtls: the pair authenticated at attach is one pair and one client handshake;
+    revoked, the pair is gone from the gauge and the handshake stays counted."""
+    root, client, mesh = world
+    IdentityStore.create(tmp_path, mesh)
+    text = policy(mesh, f"allow client -> server port {ALLOWED} mtls")
+    with ebmesh.compile(text).attach(
+        root, identity_dir=tmp_path, authenticator_port=0
+    ) as attachment:
+        host, port = attachment.serve_metrics("127.0.0.1", 0)
+        url = f"http://{host}:{port}/metrics"
+        handshakes = "ebmesh_mtls_handshakes_total"
+        before = scrape(url)
+        assert before[("ebmesh_mtls_authenticated_pairs", ())] == 1
+        assert before[(handshakes, (("outcome", "authenticated"), ("side", "client")))] == 1
+        assert before[(handshakes, (("outcome", "failed"), ("side", "client")))] == 0
+        assert before[(handshakes, (("outcome", "authenticated"), ("side", "listener")))] == 0
+        assert len(attachment.revoke("client")) == 1
+        after = scrape(url)
+        assert after[("ebmesh_mtls_authenticated_pairs", ())] == 0
+        assert after[(handshakes, (("outcome", "authenticated"), ("side", "client")))] == 1
 
 
 def test_apply_serves_metrics_and_events_and_refuses_a_bad_address(world):
