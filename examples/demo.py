@@ -89,10 +89,12 @@ def mtls(agents, attachment, compiled) -> None:
     attempt(agents, attachment, "api", "db", 5432)
     # A process outside the mesh, bound to api's address: an address is not an identity.
     result = agents["outside"].connect(ADDRESS["db"], 5432, source=API_BACKENDS[0], timeout=0.5)
-    outcome = "connected" if result["ok"] else errno.errorcode[result["errno"]]
-    say(
-        f"   outsider from api's address {API_BACKENDS[0]} -> db 5432/tcp  {outcome} (dropped at db's ingress)"
+    outcome = (
+        "connected"
+        if result["ok"]
+        else f"{errno.errorcode[result['errno']]} (dropped at db's ingress)"
     )
+    say(f"   outsider from api's address {API_BACKENDS[0]} -> db 5432/tcp  {outcome}")
     attachment.poll_events(0.0)
     dropped = attachment.revoke("api")
     say(f"   revoke api: {len(dropped)} pair(s) dropped at once")
