@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_ERRNO 256
+#include "errno_counts.h"
 
 static double now(void)
 {
@@ -32,13 +32,11 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-	static unsigned long errnos[MAX_ERRNO];
 	struct sockaddr_in target = {.sin_family = AF_INET};
 	unsigned long count = 0, wanted;
 	double rate, seconds, started, elapsed;
 	char host[64];
 	const char *colon;
-	int first = 1;
 
 	if (argc != 4 || !(colon = strrchr(argv[3], ':')) || colon - argv[3] >= (long)sizeof(host)) {
 		fprintf(stderr, "usage: connect_rate RATE SECONDS ADDR:PORT\n");
@@ -63,12 +61,10 @@ int main(int argc, char **argv)
 		while (count < due) {
 			int fd = socket(AF_INET, SOCK_STREAM, 0);
 			if (fd < 0) {
-				errnos[errno < MAX_ERRNO ? errno : 0]++;
+				count_error(errno);
 			} else {
-				if (connect(fd, (struct sockaddr *)&target, sizeof(target)) < 0)
-					errnos[errno < MAX_ERRNO ? errno : 0]++;
-				else
-					errnos[0]++;
+				/* a connect that succeeds counts as errno 0 */
+				count_error(connect(fd, (struct sockaddr *)&target, sizeof(target)) < 0 ? errno : 0);
 				close(fd);
 			}
 			count++;
@@ -79,14 +75,8 @@ int main(int argc, char **argv)
 		}
 	}
 	elapsed = now() - started;
-	printf("{\"count\": %lu, \"seconds\": %.6f, \"rate\": %.1f, \"errnos\": {", count, elapsed,
-	       count / elapsed);
-	for (int i = 0; i < MAX_ERRNO; i++) {
-		if (!errnos[i])
-			continue;
-		printf("%s\"%d\": %lu", first ? "" : ", ", i, errnos[i]);
-		first = 0;
-	}
-	printf("}}\n");
+	printf("{\"count\": %lu, \"seconds\": %.6f, \"rate\": %.1f, ", count, elapsed, count / elapsed);
+	print_errnos();
+	printf("}\n");
 	return 0;
 }

@@ -33,7 +33,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from tests.support.authenticator_process import (  # noqa: E402
     AuthenticatorProcess,
     workload_config,
 )
+from tests.support.identity import second_host  # noqa: E402
 
 TRUST_DOMAIN = "bench.example"
 PREFIX = "ebmesh-bench-"
@@ -255,12 +255,7 @@ def bench_crosshost(work: Path, rounds: int) -> dict:
     refusal at A's connect, the hook's notice, A's authenticator's handshake with B's,
     both kernels' maps; each round attaches afresh, so each starts unauthenticated."""
     store = _store(work / "cross-a")
-    dir_b = work / "cross-b"
-    (dir_b / "svid").mkdir(parents=True)
-    shutil.copy(store.directory / "bundle.pem", dir_b / "bundle.pem")
-    store.issue("api", _spiffe("api"))
-    for suffix in (".pem", ".key"):
-        shutil.move(store.directory / "svid" / f"api{suffix}", dir_b / "svid" / f"api{suffix}")
+    dir_b = second_host(store, work / "cross-b", "api", _spiffe("api"))
     policy = _two_hosts_policy()
     ebmesh.compile(policy)  # the object cache, for both hosts
     refusals, until_pass, retry_once = [], [], []
@@ -305,12 +300,7 @@ def bench_crosshost(work: Path, rounds: int) -> dict:
 
 def bench_ondemand(work: Path, count: int) -> dict:
     store = _store(work / "a")
-    b = work / "b"
-    (b / "svid").mkdir(parents=True)
-    shutil.copy(store.directory / "bundle.pem", b / "bundle.pem")
-    store.issue("api", _spiffe("api"))
-    for suffix in (".pem", ".key"):
-        shutil.move(store.directory / "svid" / f"api{suffix}", b / "svid" / f"api{suffix}")
+    b = second_host(store, work / "b", "api", _spiffe("api"))
     host_a, host_b = "10.231.0.1", "10.231.0.2"
     config_a = {
         "directory": str(store.directory),

@@ -34,9 +34,7 @@
 #include <unistd.h>
 
 #define MAX_ENDPOINTS 64
-#define MAX_ERRNO 256
-
-static unsigned long errnos[MAX_ERRNO];
+#include "errno_counts.h"
 
 static double now(void)
 {
@@ -65,10 +63,6 @@ static void parse_endpoint(const char *text, struct sockaddr_in *out)
 	}
 }
 
-static void count_error(int error)
-{
-	errnos[error >= 0 && error < MAX_ERRNO ? error : 0]++;
-}
 
 static int bound_socket(int type, const char *source)
 {
@@ -138,16 +132,10 @@ static int udp_exchange(int fd, const struct sockaddr_in *target)
 
 static void report(unsigned long count, unsigned long succeeded, double seconds)
 {
-	int first = 1;
-	printf("{\"count\": %lu, \"succeeded\": %lu, \"seconds\": %.6f, \"errnos\": {", count,
-	       succeeded, seconds);
-	for (int i = 0; i < MAX_ERRNO; i++) {
-		if (!errnos[i])
-			continue;
-		printf("%s\"%d\": %lu", first ? "" : ", ", i, errnos[i]);
-		first = 0;
-	}
-	printf("}}\n");
+	printf("{\"count\": %lu, \"succeeded\": %lu, \"seconds\": %.6f, ", count, succeeded,
+	       seconds);
+	print_errnos();
+	printf("}\n");
 }
 
 static int client(const char *mode, const char *amount, const char *destination,

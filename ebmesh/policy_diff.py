@@ -99,21 +99,25 @@ def _rules(rules: dict[int, SourceRef]) -> list[RuleChange]:
     return [RuleChange(r.line, r.text.strip()) for _, r in sorted(rules.items()) if r]
 
 
+def _not_among(rules: list, others: list) -> list:
+    """The rules of `rules` that `others` does not have, counting repeats (a rule written
+    twice and kept once is one removed)."""
+    left = collections.Counter(_words(r.text) for r in others)
+    missing = []
+    for rule in rules:
+        words = _words(rule.text)
+        if left[words]:
+            left[words] -= 1
+        else:
+            missing.append(rule)
+    return missing
+
+
 def diff_rules(running: PolicyRecord | None, new: CompiledPolicy, result: PolicyDiff) -> None:
     old_rules = _rules(running.rules) if running else []
     new_rules = _rules(new.image.naming.rules)
-    remaining = collections.Counter(_words(r.text) for r in new_rules)
-    for rule in old_rules:
-        if remaining[_words(rule.text)]:
-            remaining[_words(rule.text)] -= 1
-        else:
-            result.removed.append(rule)
-    kept = collections.Counter(_words(r.text) for r in old_rules)
-    for rule in new_rules:
-        if kept[_words(rule.text)]:
-            kept[_words(rule.text)] -= 1
-        else:
-            result.added.append(rule)
+    result.removed += _not_among(old_rules, new_rules)
+    result.added += _not_among(new_rules, old_rules)
     if running is not None and running.default_allow != new.shape.default_allow:
         verdict = {True: "allow", False: "deny"}
         result.default_change = (verdict[running.default_allow], verdict[new.shape.default_allow])

@@ -573,15 +573,8 @@ def _attached(record: registry.Record) -> Callable[[], bool]:
 
 
 def _holder_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process reads through a hub like any other
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # this process reads through a hub like any other
+    return pid != os.getpid() and registry.process_alive(pid)
 
 
 class EventStream:

@@ -56,6 +56,17 @@ class Record:
         return True
 
 
+def process_alive(pid: int) -> bool:
+    """Whether the process of a record's pid still runs (signal 0 asks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pin_dir(mesh: str) -> Path:
     return PIN_ROOT / mesh
 

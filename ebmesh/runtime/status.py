@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ebmesh.errors import AttachError
@@ -23,16 +22,6 @@ class AttachmentStatus:
     programs: tuple[str, ...]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def attachments() -> list[AttachmentStatus]:
     """Every live ebmesh attachment, oldest first (stale records are dropped on the way)."""
     return [
@@ -41,7 +30,7 @@ def attachments() -> list[AttachmentStatus]:
             cgroup=r.cgroup,
             pinned=r.pinned,
             pid=r.pid,
-            agent_alive=_alive(r.pid),
+            agent_alive=registry.process_alive(r.pid),
             since=r.since,
             rules=r.rules,
             events=r.events,

@@ -23,6 +23,7 @@ import ebmesh
 from ebmesh.errors import AttachError
 from ebmesh.mtls import IdentityStore
 from tests.support import MeshHost, pki, places, throwaway_netns, veth_pair
+from tests.support.identity import second_host
 from tests.support.places import ip
 
 pytestmark = pytest.mark.kernel
@@ -281,12 +282,7 @@ def two_hosts(root, cgroup_tree, spawn, tmp_path):
     """Host A (frontend) and host B (api): a namespace, a cgroup tree and a MeshHost
     each, joined by a veth pair. B has the bundle and api's SVID from A's issuer."""
     store = IdentityStore.create(tmp_path / "a", TRUST_DOMAIN)
-    b = tmp_path / "b"
-    (b / "svid").mkdir(parents=True)
-    shutil.copy(store.directory / "bundle.pem", b / "bundle.pem")
-    store.issue("api", spiffe_id("api"))
-    for suffix in (".pem", ".key"):
-        shutil.move(store.directory / "svid" / f"api{suffix}", b / "svid" / f"api{suffix}")
+    b = second_host(store, tmp_path / "b", "api", spiffe_id("api"))
     tree_a, tree_b = cgroup_tree("frontend"), cgroup_tree("api")
     with throwaway_netns() as ns_a, throwaway_netns() as ns_b:
         with veth_pair(ns_a, f"{HOST_A}/24", ns_b, f"{HOST_B}/24") as (_, device_b):

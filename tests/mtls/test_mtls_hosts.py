@@ -7,7 +7,6 @@ an SVID for api carried over (as an external issuer would deliver it).
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from ebmesh.mtls import IdentityStore
 from tests.mtls.conftest import TRUST_DOMAIN, spiffe_id
 from tests.support import throwaway_netns, veth_pair
 from tests.support.authenticator_process import AuthenticatorProcess, workload_config
+from tests.support.identity import second_host
 
 pytestmark = pytest.mark.kernel
 
@@ -27,12 +27,7 @@ FRONTEND, API = 1, 2
 def hosts(root, tmp_path):
     """(namespace of A, namespace of B, directory of A, directory of B)."""
     store = IdentityStore.create(tmp_path / "a", TRUST_DOMAIN)
-    b = tmp_path / "b"
-    (b / "svid").mkdir(parents=True)
-    shutil.copy(store.directory / "bundle.pem", b / "bundle.pem")
-    store.issue("api", spiffe_id("api"))
-    for suffix in (".pem", ".key"):
-        shutil.move(store.directory / "svid" / f"api{suffix}", b / "svid" / f"api{suffix}")
+    b = second_host(store, tmp_path / "b", "api", spiffe_id("api"))
     with throwaway_netns() as ns_a, throwaway_netns() as ns_b:
         with veth_pair(ns_a, f"{HOST_A}/24", ns_b, f"{HOST_B}/24"):
             yield ns_a, ns_b, str(store.directory), str(b)

@@ -22,7 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_cli import LAUNCHERS, REPO, Lines, attached_programs, run_ebmesh
+from tests.unit.test_cli import (
+    Lines,
+    attached_programs,
+    run_ebmesh,
+    start_apply,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -48,17 +53,6 @@ mesh {mesh} {{
 def unique_mesh() -> str:
     """A mesh name no other test (or helper) pins at the same time."""
     return f"clitest{uuid.uuid4().hex[:8]}"
-
-
-def start_apply(policy: Path, cgroup: Path, *options: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*LAUNCHERS["python -m ebmesh"], "apply", str(policy), "--cgroup", str(cgroup), *options],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
 
 
 def stop(process: subprocess.Popen) -> None:
