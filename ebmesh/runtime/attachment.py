@@ -311,9 +311,8 @@ class Attachment:
                 pins.pin_map(root, name, bpf_map)
 
     def _record(self) -> None:
-        cgroup_id = cgroups.cgroup_id(self.cgroup)
         if self._recorded_digest != self._image.digest:  # the names readers decode events with
-            registry.write_policy(cgroup_id, PolicyRecord.of(self._image))
+            registry.write_policy(self._cgroup_id, PolicyRecord.of(self._image))
             self._recorded_digest = self._image.digest
         registry.write(
             registry.new_record(
@@ -602,7 +601,7 @@ class Attachment:
         for link in links.values():
             link.close()  # the pin keeps it attached
         if links:
-            registry.release(cgroups.cgroup_id(self.cgroup))
+            registry.release(self._cgroup_id)
 
     def _release(self) -> dict[str, BpfLink]:
         keepalive.release(self)
@@ -721,7 +720,7 @@ class Attachment:
             if self._ring is not None:  # what it has not read yet waits in the ring
                 self._ring.close()
                 self._ring = None
-            path = event_hub.socket_path(self._image.mesh, cgroups.cgroup_id(self.cgroup))
+            path = event_hub.socket_path(self._image.mesh, self._cgroup_id)
             self._hub = event_hub.serve_owned(
                 path, self._bpf.maps["verdict_events"], self.lost_events
             )
