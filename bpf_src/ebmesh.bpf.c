@@ -402,7 +402,7 @@ int ebmesh_recorder(struct __sk_buff *skb)
 	record.src_identity = workload_of_socket(sk, true);
 	if (record.src_identity == TOO_DEEP || record.src_identity == OUTSIDE_ATTACHMENT)
 		return PACKET_PASS; /* refused at connect/sendmsg already */
-	record.seen_ns = bpf_ktime_get_ns();
+	record.seen_ns = window_clock_ns();
 	/* Sent to a service? The backend's ingress judges it by the service. */
 	service = service_of_socket(sk);
 	if (!service && datagram) {

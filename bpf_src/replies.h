@@ -2,7 +2,8 @@
 /*
  * UDP as a stateful firewall sees it: once a datagram between a socket and a
  * peer is allowed (either way), the two may go on talking, replies included,
- * for UDP_PEER_WINDOW_NS after the last one, without a verdict per datagram.
+ * for UDP_PEER_WINDOW_NS after the last datagram (either way), without a
+ * verdict per datagram.
  *
  * The socket keeps its recent peers in its own storage (a few, direct-mapped:
  * it forgets under pressure, and is read in a few instructions). Each new
@@ -22,7 +23,7 @@
 
 static __always_inline bool recent(__u64 seen_ns, __u64 window_ns)
 {
-	return bpf_ktime_get_ns() - seen_ns < window_ns;
+	return window_clock_ns() - seen_ns < window_ns;
 }
 
 static __always_inline __u32 peer_slot(__u8 family, const __u32 *addr, __u16 port)
@@ -30,16 +31,24 @@ static __always_inline __u32 peer_slot(__u8 family, const __u32 *addr, __u16 por
 	return mix32(mix_words(family, addr, 4), port) & (UDP_PEERS - 1);
 }
 
-/* Has `state`'s socket talked with (addr, port) lately? */
-static __always_inline bool knows_peer(const struct socket_state *state, __u8 family, const __u32 *addr, __u16 port)
+/* Has `state`'s socket talked with (addr, port) lately? If so, this datagram
+ * keeps the flow alive, as every packet does in conntrack: a stream that one
+ * allowed datagram started may outlast the window. */
+static __always_inline bool knows_peer(struct socket_state *state, __u8 family, const __u32 *addr, __u16 port)
 {
-	const struct udp_peer *peer;
+	struct udp_peer *peer;
+	__u64 now;
 
 	if (!state)
 		return false;
 	peer = &state->peers[peer_slot(family, addr, port)];
-	return peer->family == family && peer->port == port && same_words(peer->addr, addr, 4) &&
-	       recent(peer->seen_ns, UDP_PEER_WINDOW_NS);
+	if (peer->family != family || peer->port != port || !same_words(peer->addr, addr, 4))
+		return false;
+	now = window_clock_ns();
+	if (now - peer->seen_ns >= UDP_PEER_WINDOW_NS)
+		return false;
+	peer->seen_ns = now;
+	return true;
 }
 
 static __always_inline struct socket_state *state_of(struct bpf_sock *sk, bool create)
@@ -57,7 +66,7 @@ static __always_inline void note_peer(struct socket_state *state, __u8 family, c
 	peer->family = family;
 	peer->port = port;
 	__builtin_memcpy(peer->addr, addr, 16);
-	peer->seen_ns = bpf_ktime_get_ns();
+	peer->seen_ns = window_clock_ns();
 }
 
 static __always_inline void fill_reply_key(struct reply_key *key, __u64 cookie, __u8 family, const __u32 *addr,
@@ -84,7 +93,7 @@ static __always_inline bool recorded_peer(__u64 cookie, __u8 family, const __u32
 static __always_inline void record_peer(__u64 cookie, __u8 family, const __u32 *addr, __u16 port)
 {
 	struct reply_key key;
-	struct reply_value reply = { .seen_ns = bpf_ktime_get_ns() };
+	struct reply_value reply = { .seen_ns = window_clock_ns() };
 
 	fill_reply_key(&key, cookie, family, addr, port);
 	bpf_map_update_elem(&udp_replies, &key, &reply, BPF_ANY);

@@ -214,6 +214,28 @@ def test_udp_send_and_reply(world):
         assert_denied_at_once(world.client.connect(SERVER, 5353, source=CLIENT))  # TCP not allowed
 
 
+def test_a_udp_stream_outlives_the_window_of_the_datagram_that_started_it(world):
+    """One allowed request, then 33 s of answers the policy alone would deny (server ->
+    client): each datagram keeps the flow alive, as in conntrack, so the stream goes on
+    past the 30 s that the request alone would open it for."""
+    with attach(world, mesh("allow client -> server port 5360/udp")):
+        stream = {}
+        server = threading.Thread(
+            target=lambda: stream.update(
+                world.server.call("stream_udp", address=SERVER, port=5360, seconds=33, every=0.5)
+            )
+        )
+        server.start()
+        time.sleep(0.3)  # bound
+        got = world.client.call("receive_stream", address=SERVER, port=5360, source=CLIENT, quiet=3)
+        server.join()
+        assert stream["ok"] and stream["sent"] >= 60, stream
+        assert got == {"ok": True, "received": stream["sent"]}, (got, stream)
+        assert_denied_at_once(
+            world.server.send(CLIENT, 5361, source=SERVER)
+        )  # no new flow that way
+
+
 def test_udp_ingress_from_outside_is_dropped_unless_allowed(world):
     with attach(world, mesh("allow 127.0.9.0/24 -> server port 5353/udp")):
         assert world.outside.send(SERVER, 5353, source=OUTSIDE)["reply"] == "echo:ping"

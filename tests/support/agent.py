@@ -424,6 +424,51 @@ def ask_many(
         sock.close()
 
 
+def stream_udp(address: str, port: int, seconds: float, every: float) -> dict:
+    """Wait for one datagram on (address, port), then send to its sender every `every`
+    seconds for `seconds`: a stream that one request started. The errnos of failed sends."""
+    sock = socket.socket(_family(address), socket.SOCK_DGRAM)
+    sock.settimeout(10.0)
+    sent, errnos = 0, []
+    try:
+        sock.bind((address, port))
+        _, peer = sock.recvfrom(2048)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                sock.sendto(b"tick", peer)
+                sent += 1
+            except OSError as exc:
+                errnos.append(exc.errno)
+            time.sleep(every)
+        return {"ok": not errnos, "sent": sent, "errnos": errnos}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno, "sent": sent, "errnos": errnos}
+    finally:
+        sock.close()
+
+
+def receive_stream(address: str, port: int, source: str, quiet: float) -> dict:
+    """Ask (address, port) for a stream with one datagram, then count what comes back
+    until `quiet` seconds pass without any."""
+    sock = socket.socket(_family(address), socket.SOCK_DGRAM)
+    sock.settimeout(quiet)
+    received = 0
+    try:
+        _bind_source(sock, source)
+        sock.sendto(b"start", (address, port))
+        while True:
+            try:
+                sock.recvfrom(2048)
+                received += 1
+            except TimeoutError:
+                return {"ok": True, "received": received}
+    except OSError as exc:
+        return {"ok": False, "errno": exc.errno, "received": received}
+    finally:
+        sock.close()
+
+
 def udp_peers(targets: list, source: str | None = None) -> dict:
     """Connect ONE UDP socket to each (address, port) in turn; its peer (getpeername) after each."""
     sock = socket.socket(_family(targets[0][0]), socket.SOCK_DGRAM)
@@ -535,6 +580,8 @@ COMMANDS = {
     "send": send,
     "ask_many": ask_many,
     "udp_peers": udp_peers,
+    "stream_udp": stream_udp,
+    "receive_stream": receive_stream,
     "probe_many": probe_many,
     "listen_echo": listen_echo,
     "exchange": exchange,
