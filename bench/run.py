@@ -749,7 +749,7 @@ def _parse_args(argv):
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds of every part, medians reported (defaults: rules 5, lb 5, mesh 3, cost 5; "
+        help="rounds of every part, medians reported (defaults: rules 5, lb 5, mesh 5, cost 5; "
         "--lb-rounds, --mesh-rounds, --cost-rounds set one part's)",
     )
     parser.add_argument("--connects", type=int, help="connects per round (default 3000)")
@@ -786,7 +786,7 @@ def _parse_args(argv):
         default=",".join(mesh.CONFIGS),
         help="configurations of the mesh part (default: %(default)s)",
     )
-    parser.add_argument("--mesh-rounds", type=int, help="mesh part rounds (default 3)")
+    parser.add_argument("--mesh-rounds", type=int, help="mesh part rounds (default 5)")
     parser.add_argument(
         "--mesh-seconds",
         type=int,
@@ -873,7 +873,7 @@ def _parse_args(argv):
         "warmup": 500,
         "compile_repeats": 3,
         "lb_rounds": 5,
-        "mesh_rounds": 3,
+        "mesh_rounds": 5,
         "mesh_seconds": 1,
         "cost_rounds": 5,
         "cost_operations": 2000,
