@@ -449,20 +449,30 @@ def stream_udp(address: str, port: int, seconds: float, every: float) -> dict:
 
 
 def receive_stream(address: str, port: int, source: str, quiet: float) -> dict:
-    """Ask (address, port) for a stream with one datagram, then count what comes back
-    until `quiet` seconds pass without any."""
+    """Ask (address, port) for a stream (again every 0.2 s until the first answer: the
+    server may not be bound yet), then count what comes back until `quiet` seconds
+    pass without any."""
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
-    sock.settimeout(quiet)
+    sock.settimeout(0.2)
     received = 0
     try:
         _bind_source(sock, source)
-        sock.sendto(b"start", (address, port))
-        while True:
+        for _ in range(50):
+            sock.sendto(b"start", (address, port))
+            try:
+                sock.recvfrom(2048)
+                received = 1
+                break
+            except TimeoutError:
+                continue
+        sock.settimeout(quiet)
+        while received:
             try:
                 sock.recvfrom(2048)
                 received += 1
             except TimeoutError:
-                return {"ok": True, "received": received}
+                break
+        return {"ok": True, "received": received}
     except OSError as exc:
         return {"ok": False, "errno": exc.errno, "received": received}
     finally:
