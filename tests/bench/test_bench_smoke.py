@@ -30,6 +30,7 @@ SMALL = [
 ]  # fmt: skip
 MESH_CONFIGS = ("none", "bare", "ebmesh", "accel", "vip", "haproxy", "nginx")
 COST_KINDS = ("tcp_direct", "tcp_vip", "udp_one", "udp_new")
+MAX_TW_BUCKETS = Path("/proc/sys/net/ipv4/tcp_max_tw_buckets")
 
 
 def _left_behind(run_id: str) -> list[str]:
@@ -158,11 +159,16 @@ def test_the_terminal_shows_the_tables_and_the_chart_is_a_png(quick_run):
 
 
 def test_nothing_is_left_behind(quick_run):
-    _, _, stdout = quick_run
+    results, _, stdout = quick_run
     assert _left_behind(_run_id(stdout)) == []
+    # TIME_WAIT was off for the run (bench/time_wait.py) and is back as it was.
+    restored = results["machine"]["tcp_max_tw_buckets_outside_the_run"]
+    assert restored > 0
+    assert int(MAX_TW_BUCKETS.read_text()) == restored
 
 
 def test_an_interrupted_run_removes_its_processes_and_cgroups(root_required, tmp_path):
+    time_wait_buckets = int(MAX_TW_BUCKETS.read_text())
     run = subprocess.Popen(
         [sys.executable, "bench/run.py", "--quick", "--parts", "mesh",
          "--mesh-configs", "ebmesh,haproxy,nginx", "--output", str(tmp_path / "x.json")],
@@ -180,8 +186,10 @@ def test_an_interrupted_run_removes_its_processes_and_cgroups(root_required, tmp
             break
     run_id = _run_id("".join(lines))
     assert _left_behind(run_id), "the run should have its cgroups by now"
+    assert MAX_TW_BUCKETS.read_text().strip() == "0", "TIME_WAIT is off during a run"
     run.send_signal(signal.SIGINT)
     rest, _ = run.communicate(timeout=30)
     assert run.returncode == 130, "".join(lines) + rest
     assert _left_behind(run_id) == []
+    assert int(MAX_TW_BUCKETS.read_text()) == time_wait_buckets
     assert not (tmp_path / "x.json").exists()
