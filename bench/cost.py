@@ -18,8 +18,8 @@ Each policy is compiled once, but attached only for its own turn in a round
 and detached after it: while one configuration is measured, no other policy is
 loaded (the control's empty programs stay). Held all at once, the same datapath
 cost up to 1.4x more per connect when attached after three others than when
-attached first, at 10 rules as at 100k (the kernel's memory for the later
-maps, per-CPU ones among them, lies where it costs more to reach): the
+attached first, at 10 rules as at 100k (likely the per-CPU maps: later ones
+come from vmalloc'd chunks, 4 KiB pages): the
 rule-count comparison measured the attach order. Attached in turn, every
 configuration meets what a node running one policy has.
 
