@@ -225,6 +225,7 @@ def setup(args, stack: contextlib.ExitStack, launcher: Launcher, rr: Path, safe_
         config.attach_cgroup = safe_target(config.root)
         with attached(config):
             config.hooks = attached_hooks(config.attachment)
+            _sanity(config, launcher, rr)
     attach_types = {
         AttachType[hook]
         for config in configs
@@ -234,9 +235,6 @@ def setup(args, stack: contextlib.ExitStack, launcher: Launcher, rr: Path, safe_
     control.empty = load_empty_hooks(attach_types, safe_target(control.root), stack)
     control.hooks = {EMPTY_PROGRAMS[t]: t.name for t in attach_types}
     _sanity(control, launcher, rr)
-    for config in configs:
-        with attached(config):
-            _sanity(config, launcher, rr)
     return configs, control
 
 
@@ -252,8 +250,8 @@ def attached(config: CostConfig):
             yield
         finally:
             config.attachment = None
-    # The maps go with their last fd, but the kernel frees them from a work queue: let
-    # it, so that the next attachment finds the memory as this one did.
+    # The maps go with their last fd, but the kernel frees them from a work queue: a
+    # moment for it to finish before the next attachment allocates its own.
     time.sleep(DETACH_SETTLE_S)
 
 
